@@ -1,0 +1,55 @@
+"""The Litestar application factory.
+
+Routes join the app in exactly one place: :class:`RoutesInitPlugin`, a core
+``InitPlugin`` that gathers every plugin's handlers from the
+``lmcache_register_routes`` hook in ``on_app_init``. Nothing registers routes
+later. The :class:`~lmcache_core.server.CacheServer` lives on app state and
+reaches handlers through the ``server`` / ``engine`` dependencies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.config.app import AppConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins import InitPlugin
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from lmcache_core.http.deps import DEPENDENCIES, EngineUnavailable, engine_unavailable_handler
+from lmcache_core.server import CacheServer
+
+logger = logging.getLogger(__name__)
+
+
+class RoutesInitPlugin(InitPlugin):
+    """Adds every route plugin's handlers, the shared dependencies and the server to the app."""
+
+    def __init__(self, server: CacheServer) -> None:
+        self.server = server
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.route_handlers.extend(self.server.plugin_host.route_handlers())
+        app_config.dependencies.update(DEPENDENCIES)
+        app_config.exception_handlers[EngineUnavailable] = engine_unavailable_handler
+        app_config.state["server"] = self.server
+        return app_config
+
+
+def _internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # Only unexpected exceptions get here (keyed on 500); 4xx keep Litestar's own answer.
+    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    return Response({"error": f"internal error: {type(exc).__name__}"}, status_code=HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def create_app(server: CacheServer, *, debug: bool = False) -> Litestar:
+    """Build the HTTP app for ``server``; OpenAPI is served at ``/schema``."""
+    return Litestar(
+        plugins=[RoutesInitPlugin(server)],
+        exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: _internal_error_handler},
+        openapi_config=OpenAPIConfig(title="lmcache-server", version=server.version, path="/schema"),
+        debug=debug,
+        logging_config=None,  # logging belongs to the launcher, not the app
+    )

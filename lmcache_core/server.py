@@ -1,0 +1,133 @@
+"""The cache server: one object that owns configuration, plugins and the engine.
+
+:class:`CacheServer` is what route plugins receive (through the ``engine``
+dependency) and what lifecycle and status hooks are called with. Building it
+is cheap; :meth:`CacheServer.start` wires the engine and runs the plugins'
+startup hooks, after which :attr:`CacheServer.ready` is true and routes that
+need the engine stop answering 503.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from typing import Any
+
+import msgspec
+
+from lmcache_core import __version__
+from lmcache_core.config import HTTPConfig, MPConfig, StorageManagerConfig, masked
+from lmcache_core.plugins import PluginHost, Registry
+
+logger = logging.getLogger(__name__)
+
+
+class CacheServer:
+    """Configuration, plugin host and engine of one lmcache-server instance."""
+
+    def __init__(
+        self,
+        plugin_host: PluginHost,
+        configs: dict[str, msgspec.Struct] | None = None,
+        options: argparse.Namespace | None = None,
+    ) -> None:
+        """``options`` are the parsed command line (plugins read their own options there);
+        without it, every option's default. ``configs`` override sections built from options."""
+        self.plugin_host = plugin_host
+        if options is None:
+            from lmcache_core.cli import build_parser
+
+            options = build_parser(plugin_host, environ={}).parse_args([])
+        self.options = options
+        from lmcache_core.cli import build_configs
+
+        self.configs: dict[str, msgspec.Struct] = {**build_configs(options), **(configs or {})}
+        self.version = __version__
+        self._lock = threading.Lock()
+        self._ready = False
+        self._started = False
+        self._stopped = False
+        self.eviction_policies: Registry = plugin_host.eviction_policies()
+        self.l2_adapter_types: Registry = plugin_host.l2_adapter_types()
+        self._validate()
+
+    # -- configuration ---------------------------------------------------
+
+    @property
+    def mp_config(self) -> MPConfig:
+        return self.configs["mp"]  # type: ignore[return-value]
+
+    @property
+    def storage_config(self) -> StorageManagerConfig:
+        return self.configs["storage_manager"]  # type: ignore[return-value]
+
+    @property
+    def http_config(self) -> HTTPConfig:
+        return self.configs["http"]  # type: ignore[return-value]
+
+    def register_config(self, name: str, config: msgspec.Struct) -> None:
+        """Add a plugin's config object to ``/conf`` under ``name`` (names are unique)."""
+        if name in self.configs:
+            raise ValueError(f"config section {name!r} already registered")
+        self.configs[name] = config
+
+    def conf_document(self) -> dict[str, Any]:
+        """Every config section as builtins, secrets masked (``GET /conf``)."""
+        return {name: masked(cfg) for name, cfg in self.configs.items()}
+
+    def _validate(self) -> None:
+        for index, adapter in enumerate(self.storage_config.l2_adapter):
+            type_name = adapter.get("type")
+            if type_name not in self.l2_adapter_types:
+                known = ", ".join(self.l2_adapter_types.names()) or "none (install an L2 adapter plugin)"
+                raise ValueError(f"--l2-adapter #{index}: unknown type {type_name!r}; known types: {known}")
+        policy = self.storage_config.eviction_policy
+        if policy not in self.eviction_policies:
+            raise ValueError(
+                f"--eviction-policy {policy!r} is not registered; known: {', '.join(self.eviction_policies.names())}"
+            )
+
+    # -- lifecycle -------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once :meth:`start` finished and until :meth:`stop`."""
+        return self._ready
+
+    def start(self) -> None:
+        """Wire the engine and run every plugin's ``lmcache_startup``."""
+        with self._lock:
+            if self._ready:
+                return
+            if self._stopped:
+                raise RuntimeError("a stopped server cannot be started again")
+            self._started = True
+            self.plugin_host.startup(self)
+            self._ready = True
+            logger.info("lmcache-server %s ready", self.version)
+
+    def stop(self) -> None:
+        """Run every plugin's ``lmcache_shutdown`` and release the engine. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._ready = False
+            if not self._started:
+                return
+            self.plugin_host.shutdown(self)
+            logger.info("lmcache-server stopped")
+
+    # -- status ----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The ``GET /status`` document: core fields plus every plugin's section."""
+        doc: dict[str, Any] = {
+            "is_healthy": self.ready,
+            "engine_type": type(self).__name__,
+            "chunk_size": self.mp_config.chunk_size,
+            "hash_algorithm": self.mp_config.hash_algorithm,
+        }
+        doc.update(self.plugin_host.status(self))
+        return doc

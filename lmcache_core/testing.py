@@ -1,0 +1,163 @@
+"""Test helpers and pytest fixtures for lmcache-server and its plugin authors.
+
+Installed as a pytest plugin (entry point ``pytest11: lmcache``), so a plugin's
+test suite gets these fixtures without importing anything:
+
+``lmcache_server_factory``
+    ``make(plugins=[...], entry_points=False, configs=None, start=True, **host_kwargs)``
+    builds a :class:`~lmcache_core.server.CacheServer` whose plugin host has the
+    built-ins plus the given plugins (modules or ``(name, module)`` pairs), and,
+    with ``entry_points=True``, every installed plugin. Started servers are
+    stopped at teardown.
+``lmcache_http``
+    ``serve(server) -> base_url``: serves the server's Litestar app with uvicorn
+    on 127.0.0.1 (a free port) in a thread, for real HTTP requests; stopped at
+    teardown.
+
+Outside pytest, :func:`make_server` and :func:`serving` do the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+import pytest
+
+from lmcache_core.plugins import PluginHost
+from lmcache_core.server import CacheServer
+
+PluginSpec = ModuleType | tuple[str, object]
+
+
+def _named(plugins: Iterable[PluginSpec]) -> list[tuple[str, object]]:
+    named = []
+    for p in plugins:
+        if isinstance(p, tuple):
+            named.append(p)
+        else:
+            named.append((p.__name__, p))
+    return named
+
+
+def make_server(
+    plugins: Iterable[PluginSpec] = (),
+    *,
+    entry_points: bool = False,
+    configs: dict[str, msgspec.Struct] | None = None,
+    options: argparse.Namespace | None = None,
+    start: bool = True,
+    **host_kwargs: Any,
+) -> CacheServer:
+    """A server with the built-ins, ``plugins`` and (optionally) installed entry points.
+
+    ``options`` is a parsed command line (default: every option's default);
+    ``configs`` replaces config sections outright.
+    """
+    host = PluginHost(load_entry_points=entry_points, extra_plugins=_named(plugins), **host_kwargs)
+    server = CacheServer(host, configs, options)
+    if start:
+        server.start()
+    return server
+
+
+class _Uvicorn:
+    """uvicorn serving one app on a given socket, in a daemon thread."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        import uvicorn
+
+        started = threading.Event()
+
+        class _Server(uvicorn.Server):
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets=sockets)
+                started.set()
+
+        self.server = _Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+        self.started = started
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True,
+                                       name="lmcache-test-uvicorn")
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.thread.start()
+        if not self.started.wait(timeout):
+            raise RuntimeError("uvicorn did not start")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+@contextlib.contextmanager
+def serving(server: CacheServer) -> Iterator[str]:
+    """Serve ``server``'s HTTP app on 127.0.0.1 and yield its base URL."""
+    from lmcache_core.http.app import create_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    runner = _Uvicorn(create_app(server), sock)
+    runner.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        runner.stop()
+        sock.close()
+
+
+def write_dist(root: Path, dist_name: str, entry_points: dict[str, str], version: str = "1.0") -> Path:
+    """Write ``<dist>-<version>.dist-info`` (METADATA + entry_points.txt) under ``root``.
+
+    With ``root`` on ``sys.path`` (or ``PYTHONPATH``), ``importlib.metadata``
+    finds the distribution and its ``lmcache`` entry points exactly as it finds
+    an installed package's.
+    """
+    info = root / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+    lines = ["[lmcache]"] + [f"{name} = {target}" for name, target in entry_points.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return info
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def lmcache_server_factory() -> Iterator[Any]:
+    """Factory for :class:`CacheServer` instances; each is stopped at teardown."""
+    made: list[CacheServer] = []
+
+    def make(plugins: Iterable[PluginSpec] = (), **kwargs: Any) -> CacheServer:
+        server = make_server(plugins, **kwargs)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def lmcache_http() -> Iterator[Any]:
+    """``serve(server) -> base_url``: real HTTP on 127.0.0.1, stopped at teardown."""
+    stack = contextlib.ExitStack()
+
+    def serve(server: CacheServer) -> str:
+        return stack.enter_context(serving(server))
+
+    with stack:
+        yield serve

@@ -1,0 +1,1 @@
+"""lmcache-server L2 adapter plugin: Device-DAX (mmap arena, runtime reconfiguration)."""

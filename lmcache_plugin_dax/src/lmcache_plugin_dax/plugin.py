@@ -1,0 +1,6 @@
+"""The ``dax`` L2 adapter plugin. Installed and discovered like every plugin; it registers no adapter type yet.
+
+The adapter (type name ``dax``) arrives with the L2 issue that builds it; until then
+this plugin loads, shows in ``GET /plugins`` with no hooks, and ``--l2-adapter`` with
+``"type": "dax"`` is refused at startup as an unknown type.
+"""

@@ -1,0 +1,1 @@
+"""A template lmcache-server plugin."""

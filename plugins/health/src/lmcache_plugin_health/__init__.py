@@ -1,0 +1,1 @@
+"""lmcache-server health routes: ``GET /`` and ``GET /healthcheck``."""

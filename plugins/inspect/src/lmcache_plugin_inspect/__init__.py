@@ -1,0 +1,1 @@
+"""lmcache-server inspection routes."""

@@ -1,0 +1,1 @@
+"""lmcache-server route plugin: metrics."""

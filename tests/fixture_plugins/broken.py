@@ -1,0 +1,3 @@
+"""A fixture plugin whose import fails."""
+
+raise RuntimeError("boom: fixture plugin cannot import")
