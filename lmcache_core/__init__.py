@@ -7,7 +7,12 @@ entry-point group.
 
 from __future__ import annotations
 
+import warnings
+
 import pluggy
+
+# torch warns at import when NumPy is absent; lmcache-server does not use NumPy.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
 
 PROJECT_NAME = "lmcache"
 

@@ -43,6 +43,7 @@ ENTRY_POINT_GROUP = "lmcache"
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("core.eviction", "lmcache_core.storage.builtin_policies"),
     ("core.routes", "lmcache_core.http.core_routes"),
+    ("core.engine", "lmcache_core.engine_status"),
 )
 
 

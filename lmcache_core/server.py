@@ -18,9 +18,16 @@ import msgspec
 
 from lmcache_core import __version__
 from lmcache_core.config import HTTPConfig, MPConfig, StorageManagerConfig, masked
+from lmcache_core.hashing import TokenHasher
+from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
 from lmcache_core.plugins import PluginHost, Registry
+from lmcache_core.sessions import SessionManager
+from lmcache_core.storage.manager import StorageManager
 
 logger = logging.getLogger(__name__)
+
+SESSION_CLEANUP_THREAD = "SessionManager-cleanup-thread"
+SESSION_CLEANUP_INTERVAL_S = 60.0
 
 
 class CacheServer:
@@ -51,6 +58,10 @@ class CacheServer:
         self.eviction_policies: Registry = plugin_host.eviction_policies()
         self.l2_adapter_types: Registry = plugin_host.l2_adapter_types()
         self._validate()
+        # Built by start(); None until then.
+        self.threads: PeriodicThreadRegistry | None = None
+        self.sessions: SessionManager | None = None
+        self.storage: StorageManager | None = None
 
     # -- configuration ---------------------------------------------------
 
@@ -82,6 +93,8 @@ class CacheServer:
             if type_name not in self.l2_adapter_types:
                 known = ", ".join(self.l2_adapter_types.names()) or "none (install an L2 adapter plugin)"
                 raise ValueError(f"--l2-adapter #{index}: unknown type {type_name!r}; known types: {known}")
+        # A hash algorithm we cannot compute deterministically is a configuration error.
+        self.hasher = TokenHasher(self.mp_config.chunk_size, self.mp_config.hash_algorithm)
         policy = self.storage_config.eviction_policy
         if policy not in self.eviction_policies:
             raise ValueError(
@@ -103,6 +116,7 @@ class CacheServer:
             if self._stopped:
                 raise RuntimeError("a stopped server cannot be started again")
             self._started = True
+            self._start_engine()
             self.plugin_host.startup(self)
             self._ready = True
             logger.info("lmcache-server %s ready", self.version)
@@ -117,17 +131,38 @@ class CacheServer:
             if not self._started:
                 return
             self.plugin_host.shutdown(self)
+            self._stop_engine()
             logger.info("lmcache-server stopped")
+
+    def _start_engine(self) -> None:
+        obs = self.configs["observability"]
+        self.threads = PeriodicThreadRegistry()
+        self.sessions = SessionManager(self.hasher, self.mp_config.session_ttl_seconds)
+        self.threads.create(SESSION_CLEANUP_THREAD, min(SESSION_CLEANUP_INTERVAL_S, self.mp_config.session_ttl_seconds),
+                            self.sessions.cleanup, level=ThreadLevel.MEDIUM)
+        self.storage = StorageManager(self.storage_config, self.eviction_policies,
+                                      enable_metrics=not getattr(obs, "disable_metrics", False))
+        self.storage.start(self.threads)
+
+    def _stop_engine(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+        if self.threads is not None:
+            self.threads.stop_all()
 
     # -- status ----------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The ``GET /status`` document: core fields plus every plugin's section."""
+        """The ``GET /status`` document: core fields, then every status contribution (engine
+        components included, as the built-in ``core.engine`` plugin)."""
         doc: dict[str, Any] = {
             "is_healthy": self.ready,
             "engine_type": type(self).__name__,
             "chunk_size": self.mp_config.chunk_size,
             "hash_algorithm": self.mp_config.hash_algorithm,
+            "active_sessions": 0,
         }
         doc.update(self.plugin_host.status(self))
+        storage = doc.get("storage_manager")
+        doc["is_healthy"] = self.ready and isinstance(storage, dict) and bool(storage.get("is_healthy"))
         return doc

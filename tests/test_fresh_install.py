@@ -31,7 +31,7 @@ def test_core_alone_installs_and_serves_plugins_listing(tmp_path):
     try:
         wait_for_status(f"http://127.0.0.1:{port}/plugins", proc, expect=200)
         listing = httpx.get(f"http://127.0.0.1:{port}/plugins").json()
-        assert {p["name"] for p in listing["plugins"]} == {"core.eviction", "core.routes"}
+        assert {p["name"] for p in listing["plugins"]} == {"core.eviction", "core.routes", "core.engine"}
         assert listing["failed"] == []
         assert httpx.get(f"http://127.0.0.1:{port}/healthcheck").status_code == 404
     finally:

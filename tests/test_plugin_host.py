@@ -16,7 +16,7 @@ def names(host: PluginHost) -> set[str]:
 
 def test_builtins_register_through_the_same_hooks_and_always_load():
     host = PluginHost(allow="health")
-    assert {"core.eviction", "core.routes"} <= names(host)
+    assert {"core.eviction", "core.routes", "core.engine"} <= names(host)
     assert host.plugins["core.eviction"].hooks == ["lmcache_register_eviction_policies"]
     assert {"LRU", "IsolatedLRU", "noop"} <= set(host.eviction_policies().names())
     assert host.eviction_policies().plugin_of("LRU") == "core.eviction"

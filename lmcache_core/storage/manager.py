@@ -1,0 +1,82 @@
+"""The storage manager: L1, its eviction controller and the quota manager, wired from config.
+
+It owns no thread of its own: :meth:`StorageManager.start` registers the
+eviction loop with the server's periodic-thread registry, so it shows in
+``/periodic-threads`` and stops with everything else. L2 adapters, the store
+controller and the prefetch controller join here with the L2 tier.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lmcache_core.config import StorageManagerConfig
+from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
+from lmcache_core.plugins import Registry
+from lmcache_core.storage.eviction import EvictionPolicy
+from lmcache_core.storage.eviction_controller import EvictionController, PolicyFeeder
+from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.quota import QuotaManager
+
+logger = logging.getLogger(__name__)
+
+GIB = 1 << 30
+L1_EVICTION_THREAD = "l1-eviction-controller"
+L1_EVICTION_INTERVAL_S = 1.0
+
+
+class StorageManager:
+    """L1 + eviction + quotas for one server."""
+
+    def __init__(
+        self,
+        config: StorageManagerConfig,
+        policies: Registry,
+        *,
+        shm_name: str | None = None,
+        enable_metrics: bool = True,
+    ) -> None:
+        self.config = config
+        self.l1 = L1Manager(
+            int(config.l1_size_gb * GIB),
+            align_bytes=config.l1_align_bytes,
+            write_ttl_seconds=config.l1_write_ttl_seconds,
+            read_ttl_seconds=config.l1_read_ttl_seconds,
+            shm_name=shm_name,
+            enable_metrics=enable_metrics,
+        )
+        self.quotas = QuotaManager()
+        self.quotas.register_usage_provider("l1", self.l1.usage_by_salt)
+        self.policy: EvictionPolicy = policies.get(config.eviction_policy)()
+        self.l1.register_listener(PolicyFeeder(self.policy))
+        self.l1_eviction = EvictionController(
+            self.l1, self.policy, watermark=config.eviction_trigger_watermark,
+            ratio=config.eviction_ratio, quotas=self.quotas, name="l1",
+        )
+        self._threads: PeriodicThreadRegistry | None = None
+
+    def start(self, threads: PeriodicThreadRegistry) -> None:
+        """Register and start the background loops."""
+        self._threads = threads
+        threads.create(L1_EVICTION_THREAD, L1_EVICTION_INTERVAL_S, self.l1_eviction.tick, level=ThreadLevel.HIGH)
+
+    def report_status(self) -> dict[str, Any]:
+        """The ``storage_manager`` section of ``/status``."""
+        l1 = self.l1.report_status()
+        eviction = self.l1_eviction.report_status()
+        thread = self._threads.get(L1_EVICTION_THREAD) if self._threads else None
+        eviction["thread_alive"] = bool(thread and thread.is_running)
+        return {
+            "is_healthy": bool(l1.get("is_healthy", True)) and (thread is None or thread.is_running),
+            "l1_manager": l1,
+            "l1_eviction_controller": eviction,
+            "l2_adapters": [],
+            "num_l2_adapters": 0,
+        }
+
+    def close(self) -> None:
+        """Stop the loops (if this manager started them) and free L1."""
+        if self._threads is not None:
+            self._threads.unregister(L1_EVICTION_THREAD, stop=True)
+        self.l1.close()
