@@ -129,3 +129,20 @@ def test_invalid_watermark_or_ratio_is_refused(l1):
         EvictionController(l1, LRUPolicy(), watermark=0.0)
     with pytest.raises(ValueError):
         EvictionController(l1, LRUPolicy(), ratio=1.5)
+
+
+def test_ticks_are_counted_in_prometheus(l1):
+    from prometheus_client import REGISTRY
+
+    from lmcache_core.storage import metrics
+
+    def value(name):
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    before = (value("lmcache_mp_l1_eviction_loop_ticks_total"), value("lmcache_mp_l1_eviction_loop_triggered_total"))
+    ctl = controller(l1, LRUPolicy(), watermark=0.5, ratio=0.5, on_tick=metrics.record_eviction_tick)
+    ctl.tick()
+    store(l1, keys("a", 10))
+    ctl.tick()
+    after = (value("lmcache_mp_l1_eviction_loop_ticks_total"), value("lmcache_mp_l1_eviction_loop_triggered_total"))
+    assert (after[0] - before[0], after[1] - before[1]) == (2.0, 1.0)

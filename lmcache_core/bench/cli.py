@@ -17,6 +17,10 @@ from collections.abc import Sequence
 import lmcache_core.bench as bench_pkg
 
 NOT_BENCHES = {"cli"}
+GROUPS = {
+    # issue 3's figures: hashing, L1 operations and metadata, eviction (policy and end to end)
+    "storage": ["hashing", "l1", "eviction", "eviction_tick"],
+}
 
 
 def available() -> list[str]:
@@ -27,9 +31,10 @@ def available() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmcache-server bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", default=["all"], help=f"benchmarks: all, {', '.join(available())}")
+    parser.add_argument("names", nargs="*", default=["all"],
+                        help=f"benchmarks: all, {', '.join(GROUPS)}, {', '.join(available())}")
     args = parser.parse_args(argv)
-    names = available() if "all" in args.names else args.names
+    names = available() if "all" in args.names else [n for name in args.names for n in GROUPS.get(name, [name])]
     unknown = [n for n in names if n not in available()]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available())}")

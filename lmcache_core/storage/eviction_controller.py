@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from lmcache_core.keys import ObjectKey
@@ -79,7 +79,9 @@ class EvictionController:
         ratio: float = 0.2,
         quotas: QuotaManager | None = None,
         name: str = "l1",
+        on_tick: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_tick(triggered)`` is called after every tick (the tier's metrics)."""
         if not 0 < watermark <= 1 or not 0 < ratio <= 1:
             raise ValueError("watermark and ratio must be in (0, 1]")
         self.tier = tier
@@ -88,6 +90,7 @@ class EvictionController:
         self.ratio = ratio
         self.quotas = quotas
         self.name = name
+        self._on_tick = on_tick
         self._lock = threading.Lock()  # one tick at a time (the thread, or a manual tick)
         self.ticks = 0
         self.triggered_ticks = 0
@@ -116,6 +119,8 @@ class EvictionController:
             self.ticks += 1
             self.evicted_total += evicted
             self.last_tick_ms = (time.perf_counter() - t0) * 1000
+            if self._on_tick is not None:
+                self._on_tick(bool(victims))
             return {"evicted": evicted, "candidates": len(victims), "used_bytes": used, "capacity_bytes": capacity}
 
     def report_status(self) -> dict[str, Any]:

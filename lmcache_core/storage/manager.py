@@ -14,6 +14,7 @@ from typing import Any
 from lmcache_core.config import StorageManagerConfig
 from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
 from lmcache_core.plugins import Registry
+from lmcache_core.storage import metrics
 from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.eviction_controller import EvictionController, PolicyFeeder
 from lmcache_core.storage.l1 import L1Manager
@@ -53,6 +54,7 @@ class StorageManager:
         self.l1_eviction = EvictionController(
             self.l1, self.policy, watermark=config.eviction_trigger_watermark,
             ratio=config.eviction_ratio, quotas=self.quotas, name="l1",
+            on_tick=metrics.record_eviction_tick if enable_metrics else None,
         )
         self._threads: PeriodicThreadRegistry | None = None
 

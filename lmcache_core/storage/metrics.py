@@ -35,6 +35,8 @@ __all__ = [
     "DEFAULT_SALT_LABEL",
     "L1_ALLOCATION_FAILURE",
     "L1_EVICTED",
+    "L1_EVICTION_LOOP_TICKS",
+    "L1_EVICTION_LOOP_TRIGGERED",
     "L1_MEMORY_USAGE_BYTES",
     "L1_READ",
     "L1_USAGE_RATIO",
@@ -43,6 +45,7 @@ __all__ = [
     "OTHER_SALT_LABEL",
     "bind_l1",
     "record_allocation_failure",
+    "record_eviction_tick",
     "record_evicted",
     "record_read",
     "record_write",
@@ -60,6 +63,10 @@ L1_WRITE = Counter("lmcache_mp_l1_write_chunks", "L1 objects written (admitted a
 L1_EVICTED = Counter("lmcache_mp_l1_evicted_chunks", "L1 objects evicted", ["cache_salt"])
 L1_ALLOCATION_FAILURE = Counter(
     "lmcache_mp_l1_allocation_failure", "L1 objects that could not be allocated (out of memory)", ["during"]
+)
+L1_EVICTION_LOOP_TICKS = Counter("lmcache_mp_l1_eviction_loop_ticks", "L1 eviction controller ticks")
+L1_EVICTION_LOOP_TRIGGERED = Counter(
+    "lmcache_mp_l1_eviction_loop_triggered", "L1 eviction ticks that found usage at or over the watermark"
 )
 L1_MEMORY_USAGE_BYTES = Gauge("lmcache_mp_l1_memory_usage_bytes", "Bytes of L1 held by live objects")
 L1_USAGE_RATIO = Gauge("lmcache_mp_l1_usage_ratio", "L1 used bytes / L1 capacity")
@@ -129,6 +136,13 @@ def record_evicted(keys: Iterable[object]) -> None:
     _by_salt(L1_EVICTED, keys)
 
 
+def record_eviction_tick(triggered: bool) -> None:
+    """Count one L1 eviction tick, and whether it evicted."""
+    L1_EVICTION_LOOP_TICKS.inc()
+    if triggered:
+        L1_EVICTION_LOOP_TRIGGERED.inc()
+
+
 def record_allocation_failure(count: int, *, temporary: bool) -> None:
     """Count ``count`` keys refused for lack of memory."""
     if count > 0:
@@ -170,5 +184,7 @@ def reset() -> None:
     with _lock:
         for counter in (L1_READ, L1_WRITE, L1_EVICTED, L1_ALLOCATION_FAILURE):
             counter.clear()
+        for plain in (L1_EVICTION_LOOP_TICKS, L1_EVICTION_LOOP_TRIGGERED):
+            plain.reset()
         _children.clear()
         _salt_labels.clear()
