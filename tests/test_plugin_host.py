@@ -192,3 +192,15 @@ def test_two_hosts_are_independent(fake_dists):
     b = PluginHost(deny="everything")
     assert "everything" in a.plugins and "everything" not in b.plugins
     assert a.pm is not b.pm
+
+
+def test_openapi_document_is_served_at_schema_and_lists_plugin_routes():
+    server = CacheServer(PluginHost(allow="health,inspect"))
+    server.start()
+    try:
+        with serving(server) as url:
+            doc = httpx.get(f"{url}/schema/openapi.json").json()
+    finally:
+        server.stop()
+    assert {"/", "/healthcheck", "/status", "/plugins"} <= set(doc["paths"])
+    assert "PluginsListing" in doc["components"]["schemas"]
