@@ -1,8 +1,8 @@
 """Start-up benchmark: seconds from launch to the first healthy ``/healthcheck``, and RSS 2 s later.
 
 Measured for lmcache-server with every installed plugin, and in the same run for
-two baselines: the floor of any torch-based Python server (``python -c "import torch"``
-plus an HTTP listener is not needed: importing torch alone is the floor), and the real
+two baselines: the floor of any torch-based Python server (a process that only imports
+torch: its time and its RSS right after), and the real
 LMCache 0.5.6 server when its peer venv exists (``../shared/peer/install-peer.sh``).
 """
 
@@ -81,7 +81,8 @@ def measure_import_torch() -> dict[str, Any]:
     start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c",
-         "import torch,resource;print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+         "import torch,pathlib;print([l for l in pathlib.Path('/proc/self/status').read_text().splitlines()"
+         " if l.startswith('VmRSS:')][0].split()[1])"],
         capture_output=True, text=True, check=True)
     return {"seconds": round(time.perf_counter() - start, 3), "rss_mb": round(int(out.stdout.split()[-1]) / 1024, 1)}
 
