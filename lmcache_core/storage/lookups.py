@@ -1,0 +1,166 @@
+"""LOOKUP's read locks and results, per request.
+
+A LOOKUP read-locks the L1 prefix hit with ``num_kv_readers`` locks per object
+(one per worker that will RETRIEVE it) and leaves a result that
+QUERY_PREFETCH_STATUS consumes exactly once. The locks are then given back in
+exactly one of these ways, and never more than the lookup took:
+
+* RETRIEVE by a worker releases one lock on each object it read;
+* FREE_LOOKUP_LOCKS releases what is left on the chunks of its range;
+* END_SESSION releases whatever is still held for the request (LMCache leaves
+  it to the read TTL, up to 300 s of pinned memory; a finished request will
+  not read again, so we give it back at once);
+* the read TTL, should all of the above be lost.
+
+:class:`LookupTracker` keeps that accounting: for each request, the remaining
+lock count of every object it locked.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lmcache_core.keys import ObjectKey
+from lmcache_core.storage.l1 import L1Manager, L1Result
+
+
+@dataclass
+class _Record:
+    chunk_keys: list[list[ObjectKey]] = field(default_factory=list)
+    remaining: dict[ObjectKey, int] = field(default_factory=dict)
+
+
+class LookupTracker:
+    """Lookup results (exactly once) and the read locks each request still holds."""
+
+    def __init__(self, l1: L1Manager) -> None:
+        self.l1 = l1
+        self._lock = threading.Lock()
+        self._records: dict[str, _Record] = {}
+        self._results: dict[str, int] = {}
+
+    def lookup(self, request_id: str, chunk_keys: Sequence[Sequence[ObjectKey]], readers: int) -> int:
+        """Lock the leading run of fully present chunks ``readers`` times; record and return its length.
+
+        ``chunk_keys[i]`` are all the objects chunk ``i`` needs (every rank,
+        every object group); a chunk counts only when all of them are in L1.
+        """
+        flat = [k for keys in chunk_keys for k in keys]
+        results = self.l1.reserve_read(flat, readers) if flat else []
+        hits = 0
+        pos = 0
+        for keys in chunk_keys:
+            if all(r == L1Result.SUCCESS for r in results[pos:pos + len(keys)]):
+                hits += 1
+                pos += len(keys)
+            else:
+                break
+        # Locks taken past the first incomplete chunk are of no use: give them back now.
+        extra = [k for k, r in zip(flat[pos:], results[pos:]) if r == L1Result.SUCCESS]
+        if extra:
+            self.l1.finish_read(extra, readers)
+        with self._lock:
+            record = self._records.setdefault(request_id, _Record())
+            for keys in chunk_keys[:hits]:
+                for k in keys:
+                    record.remaining[k] = record.remaining.get(k, 0) + readers
+            if len(record.chunk_keys) < hits:
+                record.chunk_keys = [list(keys) for keys in chunk_keys[:hits]]
+            self._results[request_id] = hits
+        return hits
+
+    def take_result(self, request_id: str) -> int:
+        """The hit count of the request's last lookup, once; 0 when unknown or already taken."""
+        with self._lock:
+            return self._results.pop(request_id, 0)
+
+    def has_result(self, request_id: str) -> bool:
+        with self._lock:
+            return request_id in self._results
+
+    def holds(self, request_id: str, keys: Sequence[ObjectKey]) -> bool:
+        """Whether the request's lookup still holds a lock on every key."""
+        with self._lock:
+            record = self._records.get(request_id)
+            return record is not None and all(record.remaining.get(k, 0) > 0 for k in keys)
+
+    def release_one(self, request_id: str, keys: Sequence[ObjectKey]) -> int:
+        """Give back one lock on each key the request still holds (a RETRIEVE finished); returns how many."""
+        with self._lock:
+            record = self._records.get(request_id)
+            if record is None:
+                return 0
+            released = []
+            for k in keys:
+                n = record.remaining.get(k, 0)
+                if n > 0:
+                    released.append(k)
+                    if n == 1:
+                        del record.remaining[k]
+                    else:
+                        record.remaining[k] = n - 1
+            self._drop_if_empty(request_id, record)
+        if released:
+            self.l1.finish_read(released, 1)
+        return len(released)
+
+    def release_chunks(self, request_id: str, first_chunk: int, end_chunk: int) -> int:
+        """Give back every lock still held on chunks ``[first_chunk, end_chunk)`` (FREE_LOOKUP_LOCKS)."""
+        with self._lock:
+            record = self._records.get(request_id)
+            if record is None or first_chunk >= end_chunk:
+                return 0
+            by_count: dict[int, list[ObjectKey]] = {}
+            for keys in record.chunk_keys[max(first_chunk, 0):end_chunk]:
+                for k in keys:
+                    n = record.remaining.pop(k, 0)
+                    if n:
+                        by_count.setdefault(n, []).append(k)
+            self._drop_if_empty(request_id, record)
+        for n, keys in by_count.items():
+            self.l1.finish_read(keys, n)
+        return sum(len(v) for v in by_count.values())
+
+    def release_request(self, request_id: str) -> int:
+        """Give back everything the request still holds (END_SESSION); returns the number of objects."""
+        with self._lock:
+            record = self._records.pop(request_id, None)
+        if record is None:
+            return 0
+        by_count: dict[int, list[ObjectKey]] = {}
+        for k, n in record.remaining.items():
+            by_count.setdefault(n, []).append(k)
+        for n, keys in by_count.items():
+            self.l1.finish_read(keys, n)
+        return len(record.remaining)
+
+    def release_rank(self, model_name: str, kv_rank: int) -> int:
+        """Give back every lock held for one worker's objects (the worker died): one per reader slot left."""
+        released = 0
+        with self._lock:
+            ids = list(self._records)
+        for request_id in ids:
+            with self._lock:
+                record = self._records.get(request_id)
+                if record is None:
+                    continue
+                mine = [k for k in record.remaining if k.kv_rank == kv_rank and k.model_name == model_name]
+            if mine:
+                while self.release_one(request_id, mine):
+                    released += 1
+        return released
+
+    def _drop_if_empty(self, request_id: str, record: _Record) -> None:
+        if not record.remaining:
+            self._records.pop(request_id, None)
+
+    def locked_object_count(self) -> int:
+        """Objects that some request's lookup still holds (for status and lock-hygiene checks)."""
+        with self._lock:
+            return sum(len(r.remaining) for r in self._records.values())
+
+    def pending_results(self) -> int:
+        with self._lock:
+            return len(self._results)
