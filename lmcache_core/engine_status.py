@@ -16,6 +16,8 @@ def lmcache_status(server: CacheServer) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     if server.sessions is not None:
         doc["active_sessions"] = server.sessions.count()
+    if server.datapath is not None:
+        doc.update(server.datapath.report_status())
     if server.storage is not None:
         doc["storage_manager"] = server.storage.report_status()
     return doc

@@ -23,11 +23,14 @@ from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLe
 from lmcache_core.plugins import PluginHost, Registry
 from lmcache_core.sessions import SessionManager
 from lmcache_core.storage.manager import StorageManager
+from lmcache_core.transport.handlers import DataPath
+from lmcache_core.transport.zmq_server import ZmqServer
 
 logger = logging.getLogger(__name__)
 
 SESSION_CLEANUP_THREAD = "SessionManager-cleanup-thread"
 SESSION_CLEANUP_INTERVAL_S = 60.0
+WORKER_REAPER_THREAD = "lmcache-mp-worker-reaper"
 
 
 class CacheServer:
@@ -62,6 +65,8 @@ class CacheServer:
         self.threads: PeriodicThreadRegistry | None = None
         self.sessions: SessionManager | None = None
         self.storage: StorageManager | None = None
+        self.datapath: DataPath | None = None
+        self.zmq: ZmqServer | None = None
 
     # -- configuration ---------------------------------------------------
 
@@ -116,8 +121,13 @@ class CacheServer:
             if self._stopped:
                 raise RuntimeError("a stopped server cannot be started again")
             self._started = True
-            self._start_engine()
-            self.plugin_host.startup(self)
+            try:
+                self._start_engine()
+                self.plugin_host.startup(self)
+            except BaseException:
+                self._stopped = True
+                self._stop_engine()
+                raise
             self._ready = True
             logger.info("lmcache-server %s ready", self.version)
 
@@ -143,12 +153,31 @@ class CacheServer:
         self.storage = StorageManager(self.storage_config, self.eviction_policies,
                                       enable_metrics=not getattr(obs, "disable_metrics", False))
         self.storage.start(self.threads)
+        self.datapath = DataPath(self)
+        mp = self.mp_config
+        if mp.worker_reap_timeout_seconds > 0:
+            reap_timeout, grace = mp.worker_reap_timeout_seconds, mp.worker_registration_grace_seconds
+            self.threads.create(WORKER_REAPER_THREAD, max(min(reap_timeout / 4, 30.0), 0.05),
+                                lambda: {"reaped": self.datapath.reap(reap_timeout, grace)} if self.datapath else None,
+                                level=ThreadLevel.MEDIUM)
+        self.zmq = ZmqServer(f"tcp://{mp.host}:{mp.port}", self.datapath.handler_specs(),
+                             gpu_workers=mp.max_gpu_workers or mp.max_workers,
+                             cpu_workers=mp.max_cpu_workers or mp.max_workers)
+        self.zmq.start()
+        logger.info("ZMQ data path on tcp://%s:%d", mp.host, mp.port)
 
     def _stop_engine(self) -> None:
-        if self.storage is not None:
-            self.storage.close()
+        # Tolerates a partly built engine (a start that failed half way).
+        zmq_server, self.zmq = self.zmq, None
+        datapath, self.datapath = self.datapath, None
+        if zmq_server is not None:
+            zmq_server.stop()
         if self.threads is not None:
             self.threads.stop_all()
+        if datapath is not None:
+            datapath.close()
+        if self.storage is not None:
+            self.storage.close()
 
     # -- status ----------------------------------------------------------
 

@@ -59,9 +59,17 @@ def make_server(
     """A server with the built-ins, ``plugins`` and (optionally) installed entry points.
 
     ``options`` is a parsed command line (default: every option's default);
-    ``configs`` replaces config sections outright.
+    ``configs`` replaces config sections outright. Unless ``configs`` has an
+    ``mp`` section or ``options`` a non-default ``--port``, the ZMQ socket binds
+    127.0.0.1 on a free port.
     """
     host = PluginHost(load_entry_points=entry_points, extra_plugins=_named(plugins), **host_kwargs)
+    configs = dict(configs or {})
+    if "mp" not in configs and (options is None or options.port == 5555):
+        # Tests run many servers: give each its own ZMQ port unless the caller chose one.
+        from lmcache_core.config import MPConfig
+
+        configs["mp"] = MPConfig(host="127.0.0.1", port=free_port())
     server = CacheServer(host, configs, options)
     if start:
         server.start()

@@ -1,5 +1,124 @@
-"""The cache route group. Installed and discovered like every plugin; it implements no hooks yet.
+"""Cache control: ``POST /clear-cache``, ``GET /kvcache/check`` (seed) and ``POST /cache/checksums`` (0.5.6).
 
-Its routes arrive with the issue that builds them; until then the plugin loads,
-shows in ``GET /plugins`` with no hooks, and contributes nothing.
+``/kvcache/check`` is the seed's contract (query parameters, ``{"error": ...}``
+envelope, ``block_id_ranges`` as the mixed string). ``/cache/checksums`` is what
+LMCache 0.5.6 serves and what the real ``lmcache bench server`` calls: a JSON
+body, FastAPI's ``{"detail": ...}`` envelope, ``block_id_ranges`` as a list.
+Both compute the same MD5 digests (:mod:`lmcache_core.transfer.checksums`) on a
+worker thread, never on the event loop.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgspec
+from litestar import Request, Response, Router, get, post
+
+from lmcache_core import hookimpl
+from lmcache_core.http.deps import Engine, unavailable_body
+from lmcache_core.server import CacheServer
+from lmcache_core.transfer.checksums import BlockIdParseError, ChecksumError, checksum_response, parse_block_ids
+from lmcache_core.transfer.layout import LayoutError
+
+
+class ChecksumRequest(msgspec.Struct, forbid_unknown_fields=False):
+    """Body of ``POST /cache/checksums`` (0.5.6 ``ChecksumRequest``; every field has a default)."""
+
+    block_ids: list[int] = []
+    chunk_size: int = 0
+    instance_id: int = 0
+    layerwise: bool = False
+
+
+def _compute(server: CacheServer, instance_id: int, block_ids: list[int], chunk_size: int,
+             layerwise: bool, ranges_as_string: bool) -> tuple[int, dict[str, Any] | str]:
+    """(status, body or error message); runs on a worker thread."""
+    if not block_ids:
+        return 400, "block_ids is required"
+    if chunk_size <= 0:
+        return 400, "chunk_size must be positive"
+    datapath = server.datapath
+    kv = datapath.registered_kv(instance_id) if datapath is not None else None
+    if kv is None:
+        return 404, f"instance_id {instance_id} not registered"
+    if not kv.layers:
+        return 404, f"instance_id {instance_id} has no KV tensors"
+    try:
+        return 200, checksum_response(kv, block_ids, chunk_size, layerwise, ranges_as_string=ranges_as_string)
+    except ChecksumError as exc:
+        return getattr(exc, "status", 400), str(getattr(exc, "message", exc))
+    except LayoutError as exc:
+        return 501, f"KV format not supported by this endpoint: {exc}"
+    except IndexError as exc:
+        return 400, f"block id out of range: {exc}"
+
+
+@post("/clear-cache", status_code=200, sync_to_thread=True, summary="Force-clear all L1 data")
+def clear_cache(engine: Engine) -> dict[str, str]:
+    """Force-clears L1 (locks bypassed, as the seed documents); the body is ignored."""
+    assert engine.storage is not None
+    engine.storage.l1.clear(force=True)
+    return {"status": "ok"}
+
+
+_ERROR_BODY = {"error": "engine not initialized"}
+
+
+@get("/kvcache/check", summary="MD5 checksums over registered KV blocks")
+async def kvcache_check(engine: Engine, block_ids: str | None = None, chunk_size: str | None = None,
+                        instance_id: str = "0", layerwise: str = "false") -> Response[Any]:
+    """Seed contract: 400 bad/missing ``block_ids`` or ``chunk_size``, 404 unknown instance, 501 unsupported."""
+    def bad(message: str, status: int = 400) -> Response[Any]:
+        return Response({"error": message}, status_code=status)
+
+    if block_ids is None or not block_ids.strip():
+        return bad("block_ids is required")
+    try:
+        ids = parse_block_ids(block_ids)
+    except BlockIdParseError as exc:
+        return bad(f"invalid block_ids: {exc}")
+    try:
+        chunk = int(chunk_size) if chunk_size is not None else 0
+        iid = int(instance_id)
+    except ValueError:
+        return bad("chunk_size and instance_id must be integers")
+    if chunk <= 0:
+        return bad("chunk_size must be a positive integer")
+    flag = layerwise.strip().lower()
+    if flag not in ("true", "false", "1", "0", "yes", "no"):
+        return bad("layerwise must be true or false")
+    status, body = await anyio.to_thread.run_sync(
+        _compute, engine, iid, ids, chunk, flag in ("true", "1", "yes"), True)
+    return Response(body, status_code=200) if status == 200 else bad(str(body), status)
+
+
+@post("/cache/checksums", status_code=200, summary="MD5 checksums (LMCache 0.5.6 route, used by lmcache bench)")
+async def cache_checksums(engine: Engine, request: Request[Any, Any, Any]) -> Response[Any]:
+    """0.5.6 contract: JSON body; 404 unknown instance, 400 empty ids / bad chunk size, 422 wrong types."""
+    raw = await request.body()
+    try:
+        body = msgspec.json.decode(raw or b"{}", type=ChecksumRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return Response({"detail": str(exc)}, status_code=422)
+    status, result = await anyio.to_thread.run_sync(
+        _compute, engine, body.instance_id, body.block_ids, body.chunk_size, body.layerwise, False)
+    if status == 200:
+        return Response(result, status_code=200)
+    return Response({"detail": result}, status_code=status)
+
+
+router = Router(path="/", route_handlers=[clear_cache], tags=["cache"],
+                opt=unavailable_body({"status": "error", "reason": "engine not initialized"}))
+check_router = Router(path="/", route_handlers=[kvcache_check], tags=["cache"], opt=unavailable_body(_ERROR_BODY))
+checksums_router = Router(path="/", route_handlers=[cache_checksums], tags=["cache"],
+                          opt=unavailable_body({"detail": "engine not initialized"}))
+
+
+@hookimpl
+def lmcache_register_routes(register: Any) -> None:
+    register(router, check_router, checksums_router)
+
+
+

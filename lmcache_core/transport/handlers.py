@@ -1,0 +1,503 @@
+"""The data-path operations of the LMCache 0.5.6 protocol, on top of the storage engine.
+
+Each public ``op_*`` method takes the op's decoded ``Args`` Struct and the
+client identity and returns the reply value. A well-formed request that cannot
+be served returns the op's in-band failure value (``(b"", False)`` for STORE /
+RETRIEVE, 0 hits for LOOKUP, ...), never silence; see
+``protocol/README.md`` §5 for each op's semantics.
+
+Replies carry an empty event handle ``b""``: on CPU the copy is finished before
+the reply is sent, which is what ``b""`` tells the client ("no device work was
+submitted; the reply itself means completion").
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lmcache_core.keys import InvalidKeyError, ObjectKey, kv_rank_for_worker, kv_ranks_for_world, validate_cache_salt
+from lmcache_core.keys import validate_model_name
+from lmcache_core.storage.l1 import L1Result
+from lmcache_core.storage.lookups import LookupTracker
+from lmcache_core.transfer.kvcache import RegisteredKVCache, TransferError
+from lmcache_core.transfer.layout import parse_dtype
+from lmcache_core.transfer.tensor_pickle import UnsafePickleError, dumps_tensors, loads_tensors
+from lmcache_core.transfer.shm import ShmSegmentCache
+from lmcache_core.transport import messages as m
+from lmcache_core.transport.wire import Op
+from lmcache_core.transport.zmq_server import Dispatch, HandlerSpec
+
+if TYPE_CHECKING:
+    from lmcache_core.server import CacheServer
+
+logger = logging.getLogger(__name__)
+
+FAILED_TRANSFER = (b"", False)
+DONE = b""
+
+
+class RequestRejected(Exception):
+    """A well-formed request that cannot be served (answered with the op's failure value)."""
+
+
+@dataclass
+class _Worker:
+    kv: RegisteredKVCache
+    registered_at: float
+    last_seen: float
+    pinged: bool = False
+    kv_rank: int | None = None  # learnt from its first STORE / RETRIEVE
+
+
+@dataclass
+class _EngineDrivenWorker:
+    """A worker that gathers/scatters itself and ships chunk tensors (ops 14-19)."""
+
+    model_name: str
+    world_size: int
+    object_shape: tuple[int, ...]
+    dtype: torch.dtype
+    last_seen: float
+    pinged: bool = False
+    kv_rank: int | None = None
+
+    @property
+    def object_nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for d in self.object_shape:
+            n *= d
+        return n
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _RequestMeta:
+    model_name: str
+    world_size: int
+    cache_salt: str
+
+
+class DataPath:
+    """Registered workers, lookups and the STORE/RETRIEVE copies for one server."""
+
+    def __init__(self, server: CacheServer, clock: Any = time.monotonic) -> None:
+        assert server.storage is not None and server.sessions is not None
+        self.server = server
+        self.l1 = server.storage.l1
+        self.sessions = server.sessions
+        self.chunk_size = server.mp_config.chunk_size
+        self.lookups = LookupTracker(self.l1)
+        self.segments = ShmSegmentCache()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._workers: dict[int, _Worker] = {}
+        self._engine_driven: dict[int, _EngineDrivenWorker] = {}
+        self._layouts: dict[tuple[str, int], int] = {}  # (model, world_size) -> live registrations
+        self._requests: dict[str, _RequestMeta] = {}
+
+    # -- op table ----------------------------------------------------------------------
+
+    def handler_specs(self) -> dict[Op, HandlerSpec]:
+        s, a, n = Dispatch.SYNC, Dispatch.AFFINITY, Dispatch.NORMAL
+        return {
+            Op.NOOP: HandlerSpec(lambda args, ident: "OK", s),
+            Op.GET_CHUNK_SIZE: HandlerSpec(lambda args, ident: self.chunk_size, s),
+            Op.GET_EXPERIMENTAL: HandlerSpec(lambda args, ident: [], s),
+            Op.PING: HandlerSpec(self.op_ping, n, True),
+            Op.REGISTER_KV_CACHE: HandlerSpec(self.op_register_kv_cache, s),
+            Op.UNREGISTER_KV_CACHE: HandlerSpec(self.op_unregister_kv_cache, s, None),
+            Op.STORE: HandlerSpec(self.op_store, a, FAILED_TRANSFER),
+            Op.RETRIEVE: HandlerSpec(self.op_retrieve, a, FAILED_TRANSFER),
+            Op.LOOKUP: HandlerSpec(self.op_lookup, n, None),
+            Op.QUERY_PREFETCH_STATUS: HandlerSpec(self.op_query_prefetch_status, n, 0),
+            Op.WAIT_PREFETCH_STATUS: HandlerSpec(self.op_query_prefetch_status, n, 0),
+            Op.FREE_LOOKUP_LOCKS: HandlerSpec(self.op_free_lookup_locks, n, None),
+            Op.END_SESSION: HandlerSpec(self.op_end_session, n, None),
+            Op.CLEAR: HandlerSpec(self.op_clear, n, None),
+            Op.REPORT_BLOCK_ALLOCATION: HandlerSpec(lambda args, ident: None, n, None),
+            # engine-driven (pickle) transfers: the worker gathers and scatters itself
+            Op.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: HandlerSpec(self.op_register_engine_driven, s),
+            Op.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: HandlerSpec(self.op_unregister_kv_cache, s, None),
+            Op.PREPARE_STORE: HandlerSpec(lambda args, ident: m.PrepareStoreResponse(context={}), a,
+                                          m.PrepareStoreResponse(context={})),
+            Op.COMMIT_STORE: HandlerSpec(self.op_commit_store, a, False),
+            Op.PREPARE_RETRIEVE: HandlerSpec(self.op_prepare_retrieve, a, m.PrepareRetrieveResponse(success=False)),
+            Op.COMMIT_RETRIEVE: HandlerSpec(lambda args, ident: True, a, False),
+        }
+
+    # -- management --------------------------------------------------------------------
+
+    def op_ping(self, args: m.PingArgs, identity: bytes) -> bool:
+        if args.instance_id is not None:
+            with self._lock:
+                worker: Any = self._workers.get(args.instance_id) or self._engine_driven.get(args.instance_id)
+                if worker is not None:
+                    worker.last_seen = self._clock()
+                    worker.pinged = True
+        return True
+
+    def op_register_kv_cache(self, args: m.RegisterKVCacheArgs, identity: bytes) -> None:
+        with self._lock:
+            known = self._workers.get(args.instance_id)
+            if known is not None:  # idempotent: a re-registration refreshes liveness
+                known.last_seen = self._clock()
+                return None
+        validate_model_name(args.model_name)
+        if args.world_size < 1:
+            raise RequestRejected(f"world_size must be >= 1, got {args.world_size}")
+        descriptors = [w.descriptor for w in args.kv_cache]
+        if not all(isinstance(d, m.CpuShmIPCData) for d in descriptors):
+            kinds = sorted({type(d).__name__ for d in descriptors})
+            raise RequestRejected(f"only cpu_shm KV caches can be registered by a CPU server (got {kinds})")
+        fields = [
+            {"shm_name": d.shm_name, "nbytes": d.nbytes, "dtype": d.metadata.dtype, "shape": list(d.metadata.shape),
+             "stride": list(d.metadata.stride), "storage_offset": d.metadata.storage_offset,
+             "device_uuid": d.metadata.device_uuid}
+            for d in descriptors
+        ]
+        kv = RegisteredKVCache.from_cpu_shm(
+            self.segments, args.instance_id, args.model_name, args.world_size, fields,
+            dict(args.layout_hints or {}), list(args.engine_group_infos or []), self.chunk_size,
+        )
+        now = self._clock()
+        with self._lock:
+            if args.instance_id in self._workers:  # lost a race with itself: keep the first
+                kv.close()
+                return None
+            self._workers[args.instance_id] = _Worker(kv, now, now)
+            key = (args.model_name, args.world_size)
+            self._layouts[key] = self._layouts.get(key, 0) + 1
+        logger.info("registered KV cache of instance %s (%s, world size %d, %d layers)",
+                    args.instance_id, args.model_name, args.world_size, len(fields))
+        return None
+
+    def op_unregister_kv_cache(self, args: m.InstanceArgs, identity: bytes) -> None:
+        self.drop_worker(args.instance_id, reason="unregistered")
+        return None
+
+    def registered_kv(self, instance_id: int) -> RegisteredKVCache | None:
+        """The KV cache a worker registered (for ``/kvcache/check``), or None."""
+        with self._lock:
+            worker = self._workers.get(instance_id)
+            return worker.kv if worker is not None else None
+
+    def drop_worker(self, instance_id: int, reason: str) -> bool:
+        """Forget a worker: its mapping, its layout reference (and, when it died, its locks)."""
+        with self._lock:
+            worker: Any = self._workers.pop(instance_id, None)
+            if worker is None:
+                worker = self._engine_driven.pop(instance_id, None)
+            if worker is None:
+                return False
+            model, ws = (worker.kv.model_name, worker.kv.world_size) if isinstance(worker, _Worker) else \
+                (worker.model_name, worker.world_size)
+            key = (model, ws)
+            left = self._layouts.get(key, 1) - 1
+            if left > 0:
+                self._layouts[key] = left
+            else:
+                self._layouts.pop(key, None)
+        if isinstance(worker, _Worker):
+            worker.kv.close()
+        logger.info("dropped KV cache of instance %s (%s)", instance_id, reason)
+        return True
+
+    def op_clear(self, args: m.ClearArgs, identity: bytes) -> None:
+        self.l1.clear(force=bool(args.force))
+        return None
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def _chunk_range(self, key: m.IPCCacheServerKey, *, aligned_end: bool) -> tuple[int, int]:
+        c = self.chunk_size
+        if key.start < 0 or key.start % c or key.end < key.start or key.end > len(key.token_ids):
+            raise RequestRejected(f"token range [{key.start}, {key.end}) is not chunk-aligned within "
+                                  f"{len(key.token_ids)} tokens")
+        if aligned_end and key.end % c:
+            raise RequestRejected(f"end {key.end} is not a multiple of the chunk size {c}")
+        return key.start // c, key.end // c
+
+    def _hashes(self, key: m.IPCCacheServerKey, start: int, end: int) -> list[bytes]:
+        validate_model_name(key.model_name)
+        validate_cache_salt(key.cache_salt)
+        session = self.sessions.get_or_create(key.request_id)
+        with self._lock:
+            self._requests[key.request_id] = _RequestMeta(key.model_name, key.world_size, key.cache_salt)
+        return session.hashes_for(key.token_ids, start, end)
+
+    def _worker(self, instance_id: int, key: m.IPCCacheServerKey) -> _Worker | None:
+        with self._lock:
+            worker = self._workers.get(instance_id)
+            if worker is not None:
+                worker.last_seen = self._clock()
+                if key.worker_id is not None and 0 <= key.worker_id < 256 and 0 < key.world_size < 256:
+                    worker.kv_rank = kv_rank_for_worker(key.world_size, key.worker_id)
+            return worker
+
+    # -- store / retrieve -----------------------------------------------------------------
+
+    def op_store(self, args: m.StoreArgs, identity: bytes) -> tuple[bytes, bool]:
+        key = args.key
+        worker = self._worker(args.instance_id, key)
+        if worker is None or key.worker_id is None:
+            return FAILED_TRANSFER
+        kv = worker.kv
+        try:
+            first, end = self._chunk_range(key, aligned_end=True)
+            n = end - first
+            kv.validate_block_ids(args.block_ids, n)
+            hashes = self._hashes(key, key.start, key.end)
+        except (RequestRejected, InvalidKeyError, TransferError, ValueError) as exc:
+            logger.debug("store rejected: %s", exc)
+            return FAILED_TRANSFER
+        if n == 0:
+            return (DONE, True)
+        rank = kv_rank_for_worker(key.world_size, key.worker_id)
+        null = kv.null_chunk_mask(args.block_ids, n)
+        wanted = [i for i in range(n) if not null[i]]
+        keys = [ObjectKey(hashes[i], key.model_name, rank, 0, key.cache_salt) for i in wanted]
+        reserved = self.l1.reserve_write(keys, kv.object_nbytes)
+        outs: list[Any] = [None] * n
+        written_keys = []
+        for i, res, view in zip(wanted, reserved.results, reserved.views):
+            if res == L1Result.SUCCESS:
+                outs[i] = view
+                written_keys.append(keys[wanted.index(i)])
+        if not written_keys:
+            return (DONE, True)  # everything already stored (or no room: L1 is full)
+        try:
+            kv.gather_chunks(args.block_ids, outs)
+        except Exception:
+            self.l1.delete(written_keys, force=True)
+            raise
+        self.l1.finish_write(written_keys)
+        return (DONE, True)
+
+    def op_retrieve(self, args: m.RetrieveArgs, identity: bytes) -> tuple[bytes, bool]:
+        key = args.key
+        worker = self._worker(args.instance_id, key)
+        if worker is None or key.worker_id is None:
+            return FAILED_TRANSFER
+        kv = worker.kv
+        try:
+            first, end = self._chunk_range(key, aligned_end=True)
+            n = end - first
+            kv.validate_block_ids(args.block_ids, n)
+            hashes = self._hashes(key, key.start, key.end)
+        except (RequestRejected, InvalidKeyError, TransferError, ValueError) as exc:
+            logger.debug("retrieve rejected: %s", exc)
+            return FAILED_TRANSFER
+        rank = kv_rank_for_worker(key.world_size, key.worker_id)
+        keys = [ObjectKey(h, key.model_name, rank, 0, key.cache_salt) for h in hashes]
+        if not self.lookups.holds(key.request_id, keys):
+            return FAILED_TRANSFER
+        try:
+            read = self.l1.read(keys)
+            if any(r != L1Result.SUCCESS for r in read.results):
+                return FAILED_TRANSFER
+            kv.scatter_chunks(args.block_ids, read.views, args.skip_first_n_tokens)
+        finally:
+            # This reader is done with its share of the lookup's locks, whether the copy worked or not.
+            self.lookups.release_one(key.request_id, keys)
+        return (DONE, True)
+
+    # -- engine-driven (pickle) transfers -----------------------------------------------------
+
+    def op_register_engine_driven(self, args: m.RegisterEngineDrivenArgs, identity: bytes) -> Any:
+        p = args.payload
+        with self._lock:
+            known = self._engine_driven.get(p.instance_id)
+            if known is not None:
+                known.last_seen = self._clock()
+                return m.RegisterEngineDrivenContextResponse(shm_name="", pool_size=0)
+        validate_model_name(p.model_name)
+        if p.world_size < 1 or p.num_layers < 1 or p.hidden_dim_size < 1:
+            raise RequestRejected("world_size, num_layers and hidden_dim_size must be positive")
+        dtype = parse_dtype(p.dtype_str.removeprefix("torch."))
+        shape = ((1,) if p.use_mla else (2,)) + (p.num_layers, self.chunk_size, p.hidden_dim_size)
+        now = self._clock()
+        with self._lock:
+            if p.instance_id not in self._engine_driven:
+                self._engine_driven[p.instance_id] = _EngineDrivenWorker(p.model_name, p.world_size, shape, dtype,
+                                                                         now, False)
+                key = (p.model_name, p.world_size)
+                self._layouts[key] = self._layouts.get(key, 0) + 1
+        # An empty shm_name selects the pickle transport on the client.
+        return m.RegisterEngineDrivenContextResponse(shm_name="", pool_size=0)
+
+    def _engine_worker(self, instance_id: int, key: m.IPCCacheServerKey) -> _EngineDrivenWorker | None:
+        with self._lock:
+            worker = self._engine_driven.get(instance_id)
+            if worker is not None:
+                worker.last_seen = self._clock()
+                if key.worker_id is not None and 0 <= key.worker_id < 256 and 0 < key.world_size < 256:
+                    worker.kv_rank = kv_rank_for_worker(key.world_size, key.worker_id)
+            return worker
+
+    def op_commit_store(self, args: m.CommitStoreArgs, identity: bytes) -> bool:
+        key = args.key
+        worker = self._engine_worker(args.instance_id, key)
+        if worker is None or key.worker_id is None:
+            return False
+        try:
+            first, end = self._chunk_range(key, aligned_end=True)
+            tensors = loads_tensors(args.data)
+            hashes = self._hashes(key, key.start, key.end)
+        except (RequestRejected, InvalidKeyError, UnsafePickleError, pickle.UnpicklingError, ValueError,
+                EOFError) as exc:
+            logger.debug("commit_store rejected: %s", exc)
+            return False
+        if len(tensors) != end - first:
+            return False
+        rank = kv_rank_for_worker(key.world_size, key.worker_id)
+        keys = [ObjectKey(h, key.model_name, rank, 0, key.cache_salt) for h in hashes]
+        reserved = self.l1.reserve_write(keys, worker.object_nbytes)
+        ok = True
+        written, failed = [], []
+        for k, res, view, t in zip(keys, reserved.results, reserved.views, tensors):
+            if res != L1Result.SUCCESS:
+                continue
+            if tuple(t.shape) != worker.object_shape or t.dtype != worker.dtype:
+                failed.append(k)
+                ok = False
+                continue
+            view.copy_(t.contiguous().view(torch.uint8).reshape(-1))
+            written.append(k)
+        if failed:
+            self.l1.delete(failed, force=True)
+        if written:
+            self.l1.finish_write(written)
+        return ok
+
+    def op_prepare_retrieve(self, args: m.KeyInstanceArgs, identity: bytes) -> m.PrepareRetrieveResponse:
+        key = args.key
+        worker = self._engine_worker(args.instance_id, key)
+        miss = m.PrepareRetrieveResponse(success=False, data=b"", context={})
+        if worker is None or key.worker_id is None:
+            return miss
+        try:
+            self._chunk_range(key, aligned_end=True)
+            hashes = self._hashes(key, key.start, key.end)
+        except (RequestRejected, InvalidKeyError, ValueError) as exc:
+            logger.debug("prepare_retrieve rejected: %s", exc)
+            return miss
+        rank = kv_rank_for_worker(key.world_size, key.worker_id)
+        keys = [ObjectKey(h, key.model_name, rank, 0, key.cache_salt) for h in hashes]
+        if not self.lookups.holds(key.request_id, keys):
+            return miss
+        try:
+            read = self.l1.read(keys)
+            if any(r != L1Result.SUCCESS for r in read.results):
+                return miss
+            tensors = [v.view(worker.dtype).reshape(worker.object_shape).clone() for v in read.views]
+        finally:
+            self.lookups.release_one(key.request_id, keys)  # 0.5.6 releases here, not at commit
+        return m.PrepareRetrieveResponse(success=True, data=dumps_tensors(tensors), context={})
+
+    # -- lookup -------------------------------------------------------------------------
+
+    def op_lookup(self, args: m.KeyTpArgs, identity: bytes) -> None:
+        key = args.key
+        hits = 0
+        try:
+            if key.num_kv_readers < 1:
+                raise RequestRejected(f"num_kv_readers must be >= 1, got {key.num_kv_readers}")
+            with self._lock:
+                registered = (key.model_name, key.world_size) in self._layouts
+            end = min(key.end, len(key.token_ids)) // self.chunk_size * self.chunk_size
+            if registered and end > 0:
+                hashes = self._hashes(key, 0, end)
+                ranks = kv_ranks_for_world(key.world_size)
+                chunk_keys = [[ObjectKey(h, key.model_name, r, 0, key.cache_salt) for r in ranks] for h in hashes]
+                hits = self.lookups.lookup(key.request_id, chunk_keys, key.num_kv_readers)
+                return None
+        except (RequestRejected, InvalidKeyError, ValueError) as exc:
+            logger.debug("lookup rejected: %s", exc)
+        self.lookups.lookup(key.request_id, [], 1)  # records 0 hits for the query
+        assert hits == 0
+        return None
+
+    def op_query_prefetch_status(self, args: Any, identity: bytes) -> int:
+        return self.lookups.take_result(args.request_id)
+
+    def op_free_lookup_locks(self, args: m.KeyTpArgs, identity: bytes) -> None:
+        key = args.key
+        c = self.chunk_size
+        self.lookups.release_chunks(key.request_id, max(key.start, 0) // c, -(-key.end // c))
+        return None
+
+    def op_end_session(self, args: m.RequestIdArgs, identity: bytes) -> None:
+        request_id = args.request_id
+        session = self.sessions.get(request_id)
+        with self._lock:
+            meta = self._requests.pop(request_id, None)
+        if session is not None and meta is not None:
+            hashes = session.cached_hashes()
+            ranks = kv_ranks_for_world(meta.world_size)
+            keys = [ObjectKey(h, meta.model_name, r, 0, meta.cache_salt) for h in hashes for r in ranks]
+            if keys:
+                self.l1.touch(keys)  # recency for LRU, as LMCache does
+        self.lookups.release_request(request_id)
+        self.sessions.remove(request_id)
+        return None
+
+    # -- liveness ------------------------------------------------------------------------
+
+    def reap(self, reap_timeout: float, grace: float) -> list[int]:
+        """Drop workers silent past their budget and release their lookup locks; returns their ids."""
+        now = self._clock()
+        with self._lock:
+            everyone: list[tuple[int, Any]] = [*self._workers.items(), *self._engine_driven.items()]
+            dead = [(iid, w) for iid, w in everyone if now - w.last_seen > (reap_timeout if w.pinged else grace)]
+        for iid, worker in dead:
+            if not self.drop_worker(iid, reason="reaped: no ping or transfer within its timeout"):
+                continue
+            if worker.kv_rank is None:
+                continue
+            model = _model_of(worker)
+            with self._lock:  # another live worker reading as the same rank keeps the locks
+                shared = any(w.kv_rank == worker.kv_rank and _model_of(w) == model
+                             for w in [*self._workers.values(), *self._engine_driven.values()])
+            if not shared:
+                self.lookups.release_rank(model, worker.kv_rank)
+        return [iid for iid, _ in dead]
+
+    def report_status(self) -> dict[str, Any]:
+        with self._lock:
+            workers = dict(self._workers)
+            layouts = dict(self._layouts)
+        with self._lock:
+            engine_driven = {iid: (w.model_name, w.world_size) for iid, w in self._engine_driven.items()}
+        return {
+            "registered_gpu_ids": sorted(workers),
+            "registered_non_cuda_instance_ids": sorted(engine_driven),
+            "cache_context_meta": {
+                str(iid): {"model_name": w.kv.model_name, "world_size": w.kv.world_size,
+                           "object_nbytes": w.kv.object_nbytes}
+                for iid, w in workers.items()
+            },
+            "registered_layouts": [{"model_name": k[0], "world_size": k[1], "registrations": v}
+                                   for k, v in sorted(layouts.items())],
+            "lookup_locked_objects": self.lookups.locked_object_count(),
+            "active_prefetch_jobs": self.lookups.pending_results(),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            ids = [*self._workers, *self._engine_driven]
+        for iid in ids:
+            self.drop_worker(iid, reason="server stopping")
+        self.segments.close()
+
+
+def _model_of(worker: Any) -> str:
+    return worker.kv.model_name if isinstance(worker, _Worker) else worker.model_name
