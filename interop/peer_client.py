@@ -1,0 +1,87 @@
+"""Drive an LMCache MP server with the REAL lmcache 0.5.6 client library.
+
+Run with the peer venv's python (it imports ``lmcache``, which lmcache-server
+never does): ``<peer venv>/bin/python interop/peer_client.py tcp://127.0.0.1:PORT``.
+Prints one JSON object with every check; exits non-zero if one failed.
+
+Workload: register a CPU KV cache (migrated to shared memory by the client),
+store random KV for 512 tokens, zero the destination blocks, lookup, retrieve
+into other blocks and compare every byte; a partial-prefix hit; cache_salt
+isolation; a freed lookup; end every session.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from lmcache.utils import EngineType
+from lmcache.v1.multiprocess.custom_types import IPCCacheServerKey
+from lmcache.v1.multiprocess.transport.factory import RequestClientFactory
+from lmcache.v1.platform.devices.cpu.shm import migrate_to_shm_and_wrap
+
+TIMEOUT = 30.0
+MODEL = "interop-model"
+IID = 424242
+BLOCK, BPC = 16, 16
+
+
+def key(tokens, request_id, worker_id=None, salt="", start=0, end=None):
+    return IPCCacheServerKey(model_name=MODEL, world_size=1, worker_id=worker_id, token_ids=tuple(tokens),
+                             start=start, end=len(tokens) if end is None else end, request_id=request_id,
+                             cache_salt=salt, num_kv_readers=1)
+
+
+def main(url: str) -> int:
+    client = RequestClientFactory.create(url)
+    checks: dict[str, object] = {}
+    try:
+        chunk = client.get_chunk_size().result(TIMEOUT)
+        checks["chunk_size"] = chunk
+        layers = [torch.zeros(2, 64, BLOCK, 2, 64, dtype=torch.float16) for _ in range(2)]
+        wrappers = [migrate_to_shm_and_wrap(t) for t in layers]
+        client.register_kv_cache(IID, wrappers, MODEL, 1, EngineType.VLLM, {"kv_layout": "NHD"}, []).result(TIMEOUT)
+        gen = torch.Generator().manual_seed(7)
+        for t in layers:
+            t[:, :32].copy_(torch.randn(t[:, :32].shape, generator=gen).to(torch.float16))
+        tokens = list(range(1000, 1512))
+
+        def lookup(k):
+            client.lookup(k, 1).result(TIMEOUT)
+            while True:
+                hits = client.query_prefetch_status(k.request_id).result(TIMEOUT)
+                if hits is not None:
+                    return hits
+
+        checks["cold_lookup_hits"] = lookup(key(tokens, "cold"))
+        handle, ok = client.store(key(tokens, "cold", worker_id=0), IID, [list(range(32))], b"stub").result(TIMEOUT)
+        checks["store_ok"] = ok
+        client.end_session("cold").result(TIMEOUT)
+        for t in layers:
+            t[:, 32:].zero_()
+        checks["warm_lookup_hits"] = lookup(key(tokens, "warm"))
+        _, ok = client.retrieve(key(tokens, "warm", worker_id=0), IID, [list(range(32, 64))], b"stub", 0
+                                ).result(TIMEOUT)
+        checks["retrieve_ok"] = ok
+        checks["bytes_equal"] = all(torch.equal(t[:, :32], t[:, 32:]) for t in layers)
+        client.end_session("warm").result(TIMEOUT)
+        partial = tokens[:256] + [5] * 256
+        checks["partial_prefix_hits"] = lookup(key(partial, "partial"))
+        client.free_lookup_locks(key(partial, "partial"), 1).result(TIMEOUT)
+        client.end_session("partial").result(TIMEOUT)
+        checks["salted_hits"] = lookup(key(tokens, "salted", salt="alice"))
+        client.end_session("salted").result(TIMEOUT)
+        checks["ping"] = client.ping(IID).result(TIMEOUT)
+        client.unregister_kv_cache(IID).result(TIMEOUT)
+    finally:
+        client.close()
+    expected = {"chunk_size": 256, "cold_lookup_hits": 0, "store_ok": True, "warm_lookup_hits": 2,
+                "retrieve_ok": True, "bytes_equal": True, "partial_prefix_hits": 1, "salted_hits": 0, "ping": True}
+    failed = {k: (checks.get(k), v) for k, v in expected.items() if checks.get(k) != v}
+    print(json.dumps({"checks": checks, "failed": failed}))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

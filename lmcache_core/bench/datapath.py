@@ -1,0 +1,239 @@
+"""Data-path benchmark: STORE / RETRIEVE throughput and LOOKUP latency through a real server.
+
+This process plays a vLLM worker with a CPU shared-memory KV cache (default 32
+layers, 8 heads x 128 dims, fp16, 16-token blocks; 256-token chunks = 32 MiB
+chunk objects) and drives the server over ZMQ with our client. In the same run
+it measures the baseline the targets are stated against: a raw torch copy of
+the same bytes in the same block pattern (per layer, ``index_select`` of the
+chunk's blocks into a contiguous buffer, and ``index_copy_`` back).
+
+The real LMCache 0.5.6 server is measured by the same driver when its peer venv
+exists (``../shared/peer/install-peer.sh``); our client speaks its protocol.
+
+Environment: ``LMCACHE_BENCH_SEQUENCES`` (8), ``LMCACHE_BENCH_CHUNKS`` (8 per
+sequence), ``LMCACHE_BENCH_LOOKUPS`` (200), ``LMCACHE_BENCH_LAYERS`` (32).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmcache_core.client import LMCacheClient, make_key
+from lmcache_core.testing import free_port
+from lmcache_core.transfer.client_kv import WorkerKVCache
+
+PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
+CHUNK, BLOCK = 256, 16
+BPC = CHUNK // BLOCK
+HEADS, HEAD_DIM = 8, 128
+MODEL = "bench-model"
+IID = 31337
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[Any], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 (loopback)
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not healthy within {timeout_s}s")
+
+
+def _start(cmd: list[str], http_port: int, env: dict[str, str]) -> subprocess.Popen[Any]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{http_port}/healthcheck", proc)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def raw_copy_gbps(kv: WorkerKVCache, n_chunks: int, repeats: int = 3) -> tuple[float, float]:
+    """Best-of GB/s of the raw torch gather (blocks → contiguous) and scatter (back) of ``n_chunks`` chunks."""
+    layers = kv.layers
+    ids = torch.arange(0, n_chunks * BPC)
+    dst_ids = torch.arange(n_chunks * BPC, 2 * n_chunks * BPC)
+    bufs = [torch.empty((2, n_chunks * BPC) + tuple(layers[0].shape[2:]), dtype=layers[0].dtype) for _ in layers]
+    nbytes = sum(b.numel() * b.element_size() for b in bufs)
+    best_g = best_s = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for layer, buf in zip(layers, bufs):
+            torch.index_select(layer, 1, ids, out=buf)
+        best_g = min(best_g, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for layer, buf in zip(layers, bufs):
+            layer.index_copy_(1, dst_ids, buf)
+        best_s = min(best_s, time.perf_counter() - t0)
+    return nbytes / best_g / 1e9, nbytes / best_s / 1e9
+
+
+def drive(url: str, kv: WorkerKVCache, sequences: int, chunks: int, lookups: int) -> dict[str, Any]:
+    """The workload, twice: store ``sequences`` new sequences, look each up, retrieve it.
+
+    The first pass writes into L1 memory never touched before (page faults: a
+    freshly started server); the server is then cleared and the same pass runs
+    again into reused memory (a server in steady state, recycling evicted
+    space). Then timed lookups (hit and miss).
+    """
+    tokens_per_seq = chunks * CHUNK
+    obj_bytes = sum(layer[:, :BPC].numel() * layer.element_size() for layer in kv.layers)
+    client = LMCacheClient(url, timeout_s=300)
+    try:
+        client.register_kv_cache(IID, kv.descriptors(), MODEL, 1, {"kv_layout": "NHD"})
+        ok = True
+        src = [list(range(0, chunks * BPC))]
+        dst = [list(range(chunks * BPC, 2 * chunks * BPC))]
+        passes = []
+        for _ in range(2):
+            store_s = retrieve_s = 0.0
+            for s in range(sequences):
+                tokens = [(s * 7919 + i) % 50000 for i in range(tokens_per_seq)]
+                rid = f"bench-{s}"
+                t0 = time.perf_counter()
+                ok &= client.store(make_key(tokens, rid, model_name=MODEL, worker_id=0), IID, src)[1]
+                store_s += time.perf_counter() - t0
+                # A store is visible once its reply arrives (our server); poll for servers that copy later.
+                deadline = time.monotonic() + 30
+                while client.lookup(make_key(tokens, rid, model_name=MODEL)) != chunks:
+                    client.end_session(rid)
+                    if time.monotonic() > deadline:
+                        ok = False
+                        break
+                t0 = time.perf_counter()
+                ok &= client.retrieve(make_key(tokens, rid, model_name=MODEL, worker_id=0), IID, dst)[1]
+                retrieve_s += time.perf_counter() - t0
+                client.end_session(rid)
+            passes.append((store_s, retrieve_s))
+            client.clear(True)
+        moved = sequences * chunks * obj_bytes
+        (cold_store_s, cold_retrieve_s), (store_s, retrieve_s) = passes
+        hit_tokens = [(0 * 7919 + i) % 50000 for i in range(tokens_per_seq)]
+        client.store(make_key(hit_tokens, "hit", model_name=MODEL, worker_id=0), IID, src)
+        client.end_session("hit")
+        lat_hit, lat_miss = [], []
+        for i in range(lookups):
+            for tokens, lat in ((hit_tokens, lat_hit), ([99999 - i] + hit_tokens[1:], lat_miss)):
+                rid = f"lk-{i}-{len(lat)}"
+                t0 = time.perf_counter()
+                client.lookup(make_key(tokens, rid, model_name=MODEL))
+                lat.append((time.perf_counter() - t0) * 1e6)
+                client.end_session(rid)
+        client.unregister_kv_cache(IID)
+    finally:
+        client.close()
+
+    def pct(xs: list[float], q: float) -> float:
+        return round(statistics.quantiles(xs, n=100)[int(q) - 1], 1) if len(xs) >= 2 else round(xs[0], 1)
+
+    return {
+        "ok": bool(ok),
+        "store_gbps": round(moved / store_s / 1e9, 3),
+        "retrieve_gbps": round(moved / retrieve_s / 1e9, 3),
+        "first_fill_store_gbps": round(moved / cold_store_s / 1e9, 3),
+        "first_fill_retrieve_gbps": round(moved / cold_retrieve_s / 1e9, 3),
+        "lookup_hit_p50_us": pct(lat_hit, 50), "lookup_hit_p99_us": pct(lat_hit, 99),
+        "lookup_miss_p50_us": pct(lat_miss, 50), "lookup_miss_p99_us": pct(lat_miss, 99),
+        "bytes_per_direction": moved,
+    }
+
+
+def run() -> list[dict[str, Any]]:
+    sequences = _env_int("LMCACHE_BENCH_SEQUENCES", 8)
+    chunks = _env_int("LMCACHE_BENCH_CHUNKS", 8)
+    lookups = _env_int("LMCACHE_BENCH_LOOKUPS", 200)
+    layers = _env_int("LMCACHE_BENCH_LAYERS", 32)
+    l1_gb = max(2, int(sequences * chunks * 32 * layers / 32 / 1024 * 1.5) + 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+    kv = WorkerKVCache(layers, (2, 2 * chunks * BPC, BLOCK, HEADS, HEAD_DIM))
+    rows: list[dict[str, Any]] = []
+    try:
+        gen = torch.Generator().manual_seed(0)
+        for layer in kv.layers:
+            layer.copy_(torch.randn(layer.shape, generator=gen).to(layer.dtype))
+        raw_gather, raw_scatter = raw_copy_gbps(kv, chunks)
+        base = {"bench": "datapath", "layers": layers, "heads": HEADS, "head_dim": HEAD_DIM, "dtype": "float16",
+                "block_size": BLOCK, "chunk_tokens": CHUNK, "sequences": sequences, "chunks_per_sequence": chunks,
+                "raw_torch_gather_gbps": round(raw_gather, 3), "raw_torch_scatter_gbps": round(raw_scatter, 3)}
+        zp, hp = free_port(), free_port()
+        proc = _start([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
+                       "--http-port", str(hp), "--l1-size-gb", str(l1_gb), "--log-level", "WARNING"], hp, env)
+        try:
+            ours = drive(f"tcp://127.0.0.1:{zp}", kv, sequences, chunks, lookups)
+        finally:
+            _stop(proc)
+        row = {**base, "server": "lmcache-server", **ours,
+               "store_ratio_to_raw": round(ours["store_gbps"] / raw_gather, 3),
+               "retrieve_ratio_to_raw": round(ours["retrieve_gbps"] / raw_scatter, 3)}
+        rows.append(row)
+        peer = PEER_VENV / "bin" / "lmcache"
+        if peer.exists():
+            zp, hp = free_port(), free_port()
+            try:
+                proc = _start([str(peer), "server", "--host", "127.0.0.1", "--port", str(zp), "--http-host",
+                               "127.0.0.1", "--http-port", str(hp), "--l1-size-gb", str(l1_gb),
+                               "--eviction-policy", "LRU", "--supported-transfer-mode", "auto"], hp,
+                              {**env, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false",
+                               "PYTHONWARNINGS": "ignore"})
+                try:
+                    theirs = drive(f"tcp://127.0.0.1:{zp}", kv, sequences, chunks, lookups)
+                finally:
+                    _stop(proc)
+                rows.append({**base, "server": "lmcache-0.5.6", **theirs,
+                             "store_ratio_to_raw": round(theirs["store_gbps"] / raw_gather, 3),
+                             "retrieve_ratio_to_raw": round(theirs["retrieve_gbps"] / raw_scatter, 3)})
+                rows.append({"bench": "datapath", "comparison": "lmcache-server / lmcache-0.5.6",
+                             "store_gbps_ratio": round(ours["store_gbps"] / theirs["store_gbps"], 2),
+                             "retrieve_gbps_ratio": round(ours["retrieve_gbps"] / theirs["retrieve_gbps"], 2),
+                             "lookup_hit_p50_ratio": round(ours["lookup_hit_p50_us"] / theirs["lookup_hit_p50_us"], 3),
+                             "lookup_miss_p50_ratio": round(ours["lookup_miss_p50_us"]
+                                                            / theirs["lookup_miss_p50_us"], 3)})
+            except RuntimeError as exc:
+                rows.append({"bench": "datapath", "server": "lmcache-0.5.6", "error": str(exc)})
+        else:
+            rows.append({"bench": "datapath", "server": "lmcache-0.5.6",
+                         "error": f"not measured: no peer at {PEER_VENV}"})
+    finally:
+        kv.close()
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+
+    for r in run():
+        print(json.dumps(r))
