@@ -15,7 +15,7 @@ HTTP_PORT ?= 8080
 RUN_ARGS  ?= --http-host $(HTTP_HOST) --http-port $(HTTP_PORT) --l1-size-gb 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench interop clean
 
 install: $(STAMP)
 
@@ -36,6 +36,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/lmcache-server bench all
+
+# Interoperability with the real LMCache 0.5.6 (installed in its own venv when missing;
+# it is never a dependency of lmcache-server). PEER_DIR: the steering repo's peer scripts.
+PEER_DIR ?= ../shared/peer
+interop: $(STAMP)
+	bash $(PEER_DIR)/install-peer.sh
+	$(BIN)/python -m pytest interop -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make interop: pytest collected no tests" >&2; exit 1; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi
+	# The same workload through both servers, with our/theirs ratios (figures, not pass/fail).
+	LMCACHE_BENCH_SEQUENCES=4 LMCACHE_BENCH_LOOKUPS=100 $(BIN)/lmcache-server bench datapath
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

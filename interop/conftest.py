@@ -1,0 +1,87 @@
+"""Fixtures for the interoperability suite (``make interop``): the real LMCache 0.5.6 peer and our server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lmcache_core.testing import free_port
+
+PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
+PEER_ENV = {"LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "PYTHONWARNINGS": "ignore"}
+
+
+@dataclass
+class Served:
+    zmq_url: str
+    http_url: str
+    proc: subprocess.Popen
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+    env.update(extra)
+    return env
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as r:  # noqa: S310 (loopback)
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not healthy within {timeout}s")
+
+
+def _serve(cmd: list[str], env: dict[str, str], zp: int, hp: int, log: Path) -> Iterator[Served]:
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(f"http://127.0.0.1:{hp}/healthcheck", proc)
+        yield Served(f"tcp://127.0.0.1:{zp}", f"http://127.0.0.1:{hp}", proc)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def peer_python() -> Path:
+    py = PEER_VENV / "bin" / "python"
+    if not py.exists():
+        pytest.fail(f"no LMCache peer at {PEER_VENV}: run ../shared/peer/install-peer.sh (make interop does)")
+    return py
+
+
+@pytest.fixture
+def ours(tmp_path: Path) -> Iterator[Served]:
+    zp, hp = free_port(), free_port()
+    yield from _serve([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
+                       "--http-port", str(hp), "--l1-size-gb", "1", "--log-level", "WARNING"],
+                      _clean_env(), zp, hp, tmp_path / "ours.log")
+
+
+@pytest.fixture
+def theirs(tmp_path: Path, peer_python: Path) -> Iterator[Served]:
+    zp, hp = free_port(), free_port()
+    yield from _serve([str(peer_python.parent / "lmcache"), "server", "--host", "127.0.0.1", "--port", str(zp),
+                       "--http-host", "127.0.0.1", "--http-port", str(hp), "--l1-size-gb", "1",
+                       "--eviction-policy", "LRU", "--supported-transfer-mode", "auto"],
+                      _clean_env(**PEER_ENV), zp, hp, tmp_path / "peer.log")
