@@ -147,3 +147,22 @@ def test_unregister_then_store_fails_and_reregister_is_idempotent(served):
     assert server.status()["registered_gpu_ids"] == []
     assert client.store(make_key(list(range(256)), "x", model_name=MODEL, worker_id=0), IID, blocks(0, 1)) == \
         (b"", False)
+
+
+def test_cuda_descriptors_are_refused_clearly_without_cuda(served):
+    from lmcache_core.transport import messages as m
+
+    _, client, kv = served
+    meta = kv.descriptors()[0].descriptor.metadata
+    cuda = m.DeviceIPCWrapper(m.CudaIPCData(handle=(0, b"\0" * 64, 1 << 20, 0, None, 0, None, False), version=1,
+                                            metadata=m.TensorMetadata(dtype=meta.dtype, shape=meta.shape,
+                                                                      stride=meta.stride, storage_offset=0,
+                                                                      device_uuid="GPU-00000000")))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for CPU-only servers")
+    with pytest.raises(wire.ErrorReply, match="register_kv_cache failed: CudaUnavailableError"):
+        client.register_kv_cache(5, [cuda], MODEL, 1, {"kv_layout": "NHD"})
+    mixed = [cuda, *kv.descriptors()]
+    with pytest.raises(wire.ErrorReply, match="RequestRejected"):
+        client.register_kv_cache(6, mixed, MODEL, 1, {"kv_layout": "NHD"})
+    assert client.noop() == "OK"

@@ -26,8 +26,9 @@ from lmcache_core.keys import InvalidKeyError, ObjectKey, kv_rank_for_worker, kv
 from lmcache_core.keys import validate_model_name
 from lmcache_core.storage.l1 import L1Result
 from lmcache_core.storage.lookups import LookupTracker
+from lmcache_core.transfer import cuda_ipc
 from lmcache_core.transfer.kvcache import RegisteredKVCache, TransferError
-from lmcache_core.transfer.layout import parse_dtype
+from lmcache_core.transfer.layout import parse_dtype, resolve_kv_layout
 from lmcache_core.transfer.tensor_pickle import UnsafePickleError, dumps_tensors, loads_tensors
 from lmcache_core.transfer.shm import ShmSegmentCache
 from lmcache_core.transport import messages as m
@@ -157,19 +158,13 @@ class DataPath:
         if args.world_size < 1:
             raise RequestRejected(f"world_size must be >= 1, got {args.world_size}")
         descriptors = [w.descriptor for w in args.kv_cache]
-        if not all(isinstance(d, m.CpuShmIPCData) for d in descriptors):
+        if descriptors and all(isinstance(d, m.CudaIPCData) for d in descriptors):
+            kv = self._register_cuda(args, descriptors)
+        elif all(isinstance(d, m.CpuShmIPCData) for d in descriptors):
+            kv = self._register_cpu_shm(args, descriptors)
+        else:
             kinds = sorted({type(d).__name__ for d in descriptors})
-            raise RequestRejected(f"only cpu_shm KV caches can be registered by a CPU server (got {kinds})")
-        fields = [
-            {"shm_name": d.shm_name, "nbytes": d.nbytes, "dtype": d.metadata.dtype, "shape": list(d.metadata.shape),
-             "stride": list(d.metadata.stride), "storage_offset": d.metadata.storage_offset,
-             "device_uuid": d.metadata.device_uuid}
-            for d in descriptors
-        ]
-        kv = RegisteredKVCache.from_cpu_shm(
-            self.segments, args.instance_id, args.model_name, args.world_size, fields,
-            dict(args.layout_hints or {}), list(args.engine_group_infos or []), self.chunk_size,
-        )
+            raise RequestRejected(f"KV cache descriptors must all be cpu_shm, or all cuda (got {kinds})")
         now = self._clock()
         with self._lock:
             if args.instance_id in self._workers:  # lost a race with itself: keep the first
@@ -178,9 +173,44 @@ class DataPath:
             self._workers[args.instance_id] = _Worker(kv, now, now)
             key = (args.model_name, args.world_size)
             self._layouts[key] = self._layouts.get(key, 0) + 1
-        logger.info("registered KV cache of instance %s (%s, world size %d, %d layers)",
-                    args.instance_id, args.model_name, args.world_size, len(fields))
+        logger.info("registered KV cache of instance %s (%s, world size %d, %d layers on %s)",
+                    args.instance_id, args.model_name, args.world_size, len(descriptors), kv.device)
         return None
+
+    def _register_cpu_shm(self, args: m.RegisterKVCacheArgs, descriptors: list[Any]) -> RegisteredKVCache:
+        fields = [
+            {"shm_name": d.shm_name, "nbytes": d.nbytes, "dtype": d.metadata.dtype, "shape": list(d.metadata.shape),
+             "stride": list(d.metadata.stride), "storage_offset": d.metadata.storage_offset,
+             "device_uuid": d.metadata.device_uuid}
+            for d in descriptors
+        ]
+        return RegisteredKVCache.from_cpu_shm(
+            self.segments, args.instance_id, args.model_name, args.world_size, fields,
+            dict(args.layout_hints or {}), list(args.engine_group_infos or []), self.chunk_size,
+        )
+
+    def _register_cuda(self, args: m.RegisterKVCacheArgs, descriptors: list[Any]) -> RegisteredKVCache:
+        """CUDA IPC: rebuild each layer on the local device with the same UUID (zero copy).
+
+        Written for CUDA builds; a server without CUDA refuses with a clear error.
+        """
+        layers = [cuda_ipc.rebuild_cuda_tensor(d.handle, d.metadata.dtype, d.metadata.shape, d.metadata.stride,
+                                               d.metadata.storage_offset, d.metadata.device_uuid)
+                  for d in descriptors]
+        layout = resolve_kv_layout(layers, dict(args.layout_hints or {}), list(args.engine_group_infos or []),
+                                   self.chunk_size, default_kv_layout="NHD")
+        return RegisteredKVCache(args.instance_id, args.model_name, args.world_size, layers, layout)
+
+    def _wait_for_worker(self, kv: RegisteredKVCache, event_handle: bytes) -> None:
+        """CUDA workers hand an interprocess event: copies must wait until the worker's kernels are done."""
+        if kv.device.type == "cuda":
+            cuda_ipc.wait_ipc_event(event_handle, kv.device)
+
+    def _done_handle(self, kv: RegisteredKVCache) -> bytes:
+        """b"" on CPU (the copy is complete when we reply); on CUDA an event the worker waits on."""
+        if kv.device.type == "cuda":
+            return cuda_ipc.export_ipc_event(kv.device)
+        return DONE
 
     def op_unregister_kv_cache(self, args: m.InstanceArgs, identity: bytes) -> None:
         self.drop_worker(args.instance_id, reason="unregistered")
@@ -277,12 +307,15 @@ class DataPath:
         if not written_keys:
             return (DONE, True)  # everything already stored (or no room: L1 is full)
         try:
+            self._wait_for_worker(kv, args.event_ipc_handle)
             kv.gather_chunks(args.block_ids, outs)
+            if kv.device.type == "cuda":  # device-to-host copies must land before the objects become readable
+                torch.cuda.current_stream(kv.device).synchronize()
         except Exception:
             self.l1.delete(written_keys, force=True)
             raise
         self.l1.finish_write(written_keys)
-        return (DONE, True)
+        return (self._done_handle(kv), True)
 
     def op_retrieve(self, args: m.RetrieveArgs, identity: bytes) -> tuple[bytes, bool]:
         key = args.key
@@ -306,11 +339,14 @@ class DataPath:
             read = self.l1.read(keys)
             if any(r != L1Result.SUCCESS for r in read.results):
                 return FAILED_TRANSFER
+            self._wait_for_worker(kv, args.event_ipc_handle)
             kv.scatter_chunks(args.block_ids, read.views, args.skip_first_n_tokens)
+            if kv.device.type == "cuda":  # the L1 objects are read until the host-to-device copies finish
+                torch.cuda.current_stream(kv.device).synchronize()
         finally:
             # This reader is done with its share of the lookup's locks, whether the copy worked or not.
             self.lookups.release_one(key.request_id, keys)
-        return (DONE, True)
+        return (self._done_handle(kv), True)
 
     # -- engine-driven (pickle) transfers -----------------------------------------------------
 
