@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,13 +97,21 @@ class LMCacheClient:
         return tuple(self.call(Op.RETRIEVE, key, instance_id, [list(b) for b in block_ids], event,  # type: ignore
                                skip_first_n_tokens))
 
-    def lookup(self, key: m.IPCCacheServerKey) -> int:
-        """LOOKUP, then QUERY_PREFETCH_STATUS until it answers: the hit chunk count."""
+    def lookup(self, key: m.IPCCacheServerKey, timeout_s: float | None = None) -> int:
+        """LOOKUP, then QUERY_PREFETCH_STATUS until it answers: the hit chunk count.
+
+        Raises :class:`ClientTimeout` when the prefetch is still pending after
+        ``timeout_s`` (default: the client's timeout).
+        """
         self.call(Op.LOOKUP, key, 1)
+        deadline = time.monotonic() + (self.timeout_ms / 1000 if timeout_s is None else timeout_s)
         while True:
             hits = self.call(Op.QUERY_PREFETCH_STATUS, key.request_id)
             if hits is not None:
                 return hits
+            if time.monotonic() > deadline:
+                raise ClientTimeout(f"prefetch of {key.request_id!r} still pending")
+            time.sleep(0.001)  # pending L2 loads: poll as the vLLM scheduler does, without spinning
 
     def free_lookup_locks(self, key: m.IPCCacheServerKey) -> None:
         return self.call(Op.FREE_LOOKUP_LOCKS, key, 1)

@@ -74,15 +74,17 @@ def test_free_lookup_locks_releases_only_its_chunk_range(l1):
     assert read_locked(l1) == 0
 
 
-def test_a_dead_workers_rank_is_released_everywhere(l1):
+def test_a_dead_connection_releases_only_its_own_requests(l1):
     keys = chunk_keys(2)
     store(l1, keys)
     t = LookupTracker(l1)
-    t.lookup("a", keys, readers=1)
-    t.lookup("b", keys, readers=1)
-    t.release_rank("m", 0x02010201)
-    assert t.locked_object_count() == 4  # only rank 0 remains, for both requests
-    assert all(l1.is_key_evictable(ks[1]) for ks in keys)
+    t.lookup("a", keys, readers=1, owner=b"dead")
+    t.lookup("b", keys, readers=1, owner=b"alive")
+    assert t.release_owner(b"dead") == ["a"]
+    assert t.locked_object_count() == 4  # request b keeps its locks
+    assert t.take_result("a") == 0 and t.take_result("b") == 2
+    t.release_request("b")
+    assert read_locked(l1) == 0
 
 
 def test_no_hits_takes_no_locks(l1):

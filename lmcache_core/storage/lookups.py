@@ -30,6 +30,7 @@ from lmcache_core.storage.l1 import L1Manager, L1Result
 class _Record:
     chunk_keys: list[list[ObjectKey]] = field(default_factory=list)
     remaining: dict[ObjectKey, int] = field(default_factory=dict)
+    owner: bytes | None = None  # the connection that sent the LOOKUP
 
 
 class LookupTracker:
@@ -41,7 +42,8 @@ class LookupTracker:
         self._records: dict[str, _Record] = {}
         self._results: dict[str, int] = {}
 
-    def lookup(self, request_id: str, chunk_keys: Sequence[Sequence[ObjectKey]], readers: int) -> int:
+    def lookup(self, request_id: str, chunk_keys: Sequence[Sequence[ObjectKey]], readers: int,
+               owner: bytes | None = None) -> int:
         """Lock the leading run of fully present chunks ``readers`` times; record and return its length.
 
         ``chunk_keys[i]`` are all the objects chunk ``i`` needs (every rank,
@@ -63,6 +65,7 @@ class LookupTracker:
             self.l1.finish_read(extra, readers)
         with self._lock:
             record = self._records.setdefault(request_id, _Record())
+            record.owner = owner if owner is not None else record.owner
             for keys in chunk_keys[:hits]:
                 for k in keys:
                     record.remaining[k] = record.remaining.get(k, 0) + readers
@@ -136,21 +139,15 @@ class LookupTracker:
             self.l1.finish_read(keys, n)
         return len(record.remaining)
 
-    def release_rank(self, model_name: str, kv_rank: int) -> int:
-        """Give back every lock held for one worker's objects (the worker died): one per reader slot left."""
-        released = 0
+    def release_owner(self, owner: bytes) -> list[str]:
+        """Give back everything held by requests whose LOOKUP came from ``owner`` (it died); their ids."""
         with self._lock:
-            ids = list(self._records)
-        for request_id in ids:
+            ids = [rid for rid, rec in self._records.items() if rec.owner == owner]
+        for rid in ids:
+            self.release_request(rid)
             with self._lock:
-                record = self._records.get(request_id)
-                if record is None:
-                    continue
-                mine = [k for k in record.remaining if k.kv_rank == kv_rank and k.model_name == model_name]
-            if mine:
-                while self.release_one(request_id, mine):
-                    released += 1
-        return released
+                self._results.pop(rid, None)
+        return ids
 
     def _drop_if_empty(self, request_id: str, record: _Record) -> None:
         if not record.remaining:

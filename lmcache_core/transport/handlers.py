@@ -54,7 +54,6 @@ class _Worker:
     registered_at: float
     last_seen: float
     pinged: bool = False
-    kv_rank: int | None = None  # learnt from its first STORE / RETRIEVE
 
 
 @dataclass
@@ -67,7 +66,6 @@ class _EngineDrivenWorker:
     dtype: torch.dtype
     last_seen: float
     pinged: bool = False
-    kv_rank: int | None = None
 
     @property
     def object_nbytes(self) -> int:
@@ -78,6 +76,15 @@ class _EngineDrivenWorker:
 
     def close(self) -> None:
         pass
+
+
+@dataclass
+class _Connection:
+    """A client connection (ZMQ identity): which worker instances it speaks for, when last heard."""
+
+    last_seen: float
+    instances: set[int]
+    pinged: bool = False
 
 
 @dataclass
@@ -104,6 +111,25 @@ class DataPath:
         self._engine_driven: dict[int, _EngineDrivenWorker] = {}
         self._layouts: dict[tuple[str, int], int] = {}  # (model, world_size) -> live registrations
         self._requests: dict[str, _RequestMeta] = {}
+        self._connections: dict[bytes, _Connection] = {}
+        # A session that expires (or ends) takes its request's metadata with it.
+        self.sessions.add_destroy_listener(self._forget_request)
+
+    def _forget_request(self, session: Any, reason: Any) -> None:
+        with self._lock:
+            self._requests.pop(session.request_id, None)
+
+    def _heard(self, identity: bytes, instance_id: int | None = None, *, ping: bool = False) -> None:
+        """Note that a connection spoke (and for which worker instance): liveness for the reaper."""
+        now = self._clock()
+        with self._lock:
+            conn = self._connections.get(identity)
+            if conn is None:
+                conn = self._connections[identity] = _Connection(now, set())
+            conn.last_seen = now
+            conn.pinged |= ping
+            if instance_id is not None:
+                conn.instances.add(instance_id)
 
     # -- op table ----------------------------------------------------------------------
 
@@ -140,6 +166,7 @@ class DataPath:
     # -- management --------------------------------------------------------------------
 
     def op_ping(self, args: m.PingArgs, identity: bytes) -> bool:
+        self._heard(identity, args.instance_id, ping=True)
         if args.instance_id is not None:
             with self._lock:
                 worker: Any = self._workers.get(args.instance_id) or self._engine_driven.get(args.instance_id)
@@ -149,6 +176,7 @@ class DataPath:
         return True
 
     def op_register_kv_cache(self, args: m.RegisterKVCacheArgs, identity: bytes) -> None:
+        self._heard(identity, args.instance_id)
         with self._lock:
             known = self._workers.get(args.instance_id)
             if known is not None:  # idempotent: a re-registration refreshes liveness
@@ -266,20 +294,19 @@ class DataPath:
             self._requests[key.request_id] = _RequestMeta(key.model_name, key.world_size, key.cache_salt)
         return session.hashes_for(key.token_ids, start, end)
 
-    def _worker(self, instance_id: int, key: m.IPCCacheServerKey) -> _Worker | None:
+    def _worker(self, instance_id: int) -> _Worker | None:
         with self._lock:
             worker = self._workers.get(instance_id)
             if worker is not None:
                 worker.last_seen = self._clock()
-                if key.worker_id is not None and 0 <= key.worker_id < 256 and 0 < key.world_size < 256:
-                    worker.kv_rank = kv_rank_for_worker(key.world_size, key.worker_id)
             return worker
 
     # -- store / retrieve -----------------------------------------------------------------
 
     def op_store(self, args: m.StoreArgs, identity: bytes) -> tuple[bytes, bool]:
         key = args.key
-        worker = self._worker(args.instance_id, key)
+        self._heard(identity, args.instance_id)
+        worker = self._worker(args.instance_id)
         if worker is None or key.worker_id is None:
             return FAILED_TRANSFER
         kv = worker.kv
@@ -319,7 +346,8 @@ class DataPath:
 
     def op_retrieve(self, args: m.RetrieveArgs, identity: bytes) -> tuple[bytes, bool]:
         key = args.key
-        worker = self._worker(args.instance_id, key)
+        self._heard(identity, args.instance_id)
+        worker = self._worker(args.instance_id)
         if worker is None or key.worker_id is None:
             return FAILED_TRANSFER
         kv = worker.kv
@@ -352,6 +380,7 @@ class DataPath:
 
     def op_register_engine_driven(self, args: m.RegisterEngineDrivenArgs, identity: bytes) -> Any:
         p = args.payload
+        self._heard(identity, p.instance_id)
         with self._lock:
             known = self._engine_driven.get(p.instance_id)
             if known is not None:
@@ -372,18 +401,17 @@ class DataPath:
         # An empty shm_name selects the pickle transport on the client.
         return m.RegisterEngineDrivenContextResponse(shm_name="", pool_size=0)
 
-    def _engine_worker(self, instance_id: int, key: m.IPCCacheServerKey) -> _EngineDrivenWorker | None:
+    def _engine_worker(self, instance_id: int) -> _EngineDrivenWorker | None:
         with self._lock:
             worker = self._engine_driven.get(instance_id)
             if worker is not None:
                 worker.last_seen = self._clock()
-                if key.worker_id is not None and 0 <= key.worker_id < 256 and 0 < key.world_size < 256:
-                    worker.kv_rank = kv_rank_for_worker(key.world_size, key.worker_id)
             return worker
 
     def op_commit_store(self, args: m.CommitStoreArgs, identity: bytes) -> bool:
         key = args.key
-        worker = self._engine_worker(args.instance_id, key)
+        self._heard(identity, args.instance_id)
+        worker = self._engine_worker(args.instance_id)
         if worker is None or key.worker_id is None:
             return False
         try:
@@ -418,7 +446,8 @@ class DataPath:
 
     def op_prepare_retrieve(self, args: m.KeyInstanceArgs, identity: bytes) -> m.PrepareRetrieveResponse:
         key = args.key
-        worker = self._engine_worker(args.instance_id, key)
+        self._heard(identity, args.instance_id)
+        worker = self._engine_worker(args.instance_id)
         miss = m.PrepareRetrieveResponse(success=False, data=b"", context={})
         if worker is None or key.worker_id is None:
             return miss
@@ -445,6 +474,7 @@ class DataPath:
 
     def op_lookup(self, args: m.KeyTpArgs, identity: bytes) -> None:
         key = args.key
+        self._heard(identity)
         hits = 0
         try:
             if key.num_kv_readers < 1:
@@ -456,11 +486,11 @@ class DataPath:
                 hashes = self._hashes(key, 0, end)
                 ranks = kv_ranks_for_world(key.world_size)
                 chunk_keys = [[ObjectKey(h, key.model_name, r, 0, key.cache_salt) for r in ranks] for h in hashes]
-                hits = self.lookups.lookup(key.request_id, chunk_keys, key.num_kv_readers)
+                hits = self.lookups.lookup(key.request_id, chunk_keys, key.num_kv_readers, owner=identity)
                 return None
         except (RequestRejected, InvalidKeyError, ValueError) as exc:
             logger.debug("lookup rejected: %s", exc)
-        self.lookups.lookup(key.request_id, [], 1)  # records 0 hits for the query
+        self.lookups.lookup(key.request_id, [], 1, owner=identity)  # records 0 hits for the query
         assert hits == 0
         return None
 
@@ -491,23 +521,36 @@ class DataPath:
     # -- liveness ------------------------------------------------------------------------
 
     def reap(self, reap_timeout: float, grace: float) -> list[int]:
-        """Drop workers silent past their budget and release their lookup locks; returns their ids."""
+        """Drop workers silent past their budget, and everything their connections held.
+
+        A worker is silent when neither a PING with its id nor a transfer came
+        within ``reap_timeout`` (``grace`` if it never pinged). Lookup locks belong
+        to the connection that sent the LOOKUP: a connection whose workers are all
+        gone, or a worker-less one (vLLM's scheduler pings with no id) that fell
+        silent, loses its requests' locks, results and sessions. Returns the
+        dropped instance ids.
+        """
         now = self._clock()
         with self._lock:
             everyone: list[tuple[int, Any]] = [*self._workers.items(), *self._engine_driven.items()]
-            dead = [(iid, w) for iid, w in everyone if now - w.last_seen > (reap_timeout if w.pinged else grace)]
-        for iid, worker in dead:
-            if not self.drop_worker(iid, reason="reaped: no ping or transfer within its timeout"):
-                continue
-            if worker.kv_rank is None:
-                continue
-            model = _model_of(worker)
-            with self._lock:  # another live worker reading as the same rank keeps the locks
-                shared = any(w.kv_rank == worker.kv_rank and _model_of(w) == model
-                             for w in [*self._workers.values(), *self._engine_driven.values()])
-            if not shared:
-                self.lookups.release_rank(model, worker.kv_rank)
-        return [iid for iid, _ in dead]
+            dead = [iid for iid, w in everyone if now - w.last_seen > (reap_timeout if w.pinged else grace)]
+        for iid in dead:
+            self.drop_worker(iid, reason="reaped: no ping or transfer within its timeout")
+        with self._lock:
+            live = set(self._workers) | set(self._engine_driven)
+            gone = []
+            for ident, conn in list(self._connections.items()):
+                if conn.instances:
+                    lost = not (conn.instances & live)
+                else:
+                    lost = now - conn.last_seen > (reap_timeout if conn.pinged else grace)
+                if lost:
+                    gone.append(ident)
+                    del self._connections[ident]
+        for ident in gone:
+            for request_id in self.lookups.release_owner(ident):
+                self.sessions.remove(request_id)
+        return dead
 
     def report_status(self) -> dict[str, Any]:
         with self._lock:
@@ -526,6 +569,7 @@ class DataPath:
             "registered_layouts": [{"model_name": k[0], "world_size": k[1], "registrations": v}
                                    for k, v in sorted(layouts.items())],
             "lookup_locked_objects": self.lookups.locked_object_count(),
+            "connections": len(self._connections),
             "active_prefetch_jobs": self.lookups.pending_results(),
         }
 
@@ -535,7 +579,3 @@ class DataPath:
         for iid in ids:
             self.drop_worker(iid, reason="server stopping")
         self.segments.close()
-
-
-def _model_of(worker: Any) -> str:
-    return worker.kv.model_name if isinstance(worker, _Worker) else worker.model_name
