@@ -10,16 +10,23 @@ worker thread, never on the event loop.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import anyio
 import msgspec
 from litestar import Request, Response, Router, get, post
+from litestar.params import QueryParameter
 
 from lmcache_core import hookimpl
 from lmcache_core.http.deps import Engine, unavailable_body
 from lmcache_core.server import CacheServer
-from lmcache_core.transfer.checksums import BlockIdParseError, ChecksumError, checksum_response, parse_block_ids
+from lmcache_core.transfer.checksums import (
+    ChecksumError,
+    checksum_response,
+    parse_block_ids,
+)
+from lmcache_core.transfer.kvcache import KVCacheClosedError
 from lmcache_core.transfer.layout import LayoutError
 
 
@@ -34,19 +41,27 @@ class ChecksumRequest(msgspec.Struct, forbid_unknown_fields=False):
 
 def _compute(server: CacheServer, instance_id: int, block_ids: list[int], chunk_size: int,
              layerwise: bool, ranges_as_string: bool) -> tuple[int, dict[str, Any] | str]:
-    """(status, body or error message); runs on a worker thread."""
-    if not block_ids:
-        return 400, "block_ids is required"
-    if chunk_size <= 0:
-        return 400, "chunk_size must be positive"
+    """(status, body or error message); runs on a worker thread.
+
+    The instance is checked before the ids and the chunk size: 0.5.6 answers an empty body
+    ``{}`` with 404 ``instance_id 0 not registered`` (``golden/http_cache_checksums.json``
+    ``missing_body_fields``), not with 400 for the empty ``block_ids``.
+    """
     datapath = server.datapath
     kv = datapath.registered_kv(instance_id) if datapath is not None else None
     if kv is None:
         return 404, f"instance_id {instance_id} not registered"
-    if not kv.layers:
-        return 404, f"instance_id {instance_id} has no KV tensors"
+    if not block_ids:
+        return 400, "block_ids is required"
+    if chunk_size <= 0:
+        return 400, "chunk_size must be positive"
     try:
+        if not kv.layers:
+            return 404, f"instance_id {instance_id} has no KV tensors"
         return 200, checksum_response(kv, block_ids, chunk_size, layerwise, ranges_as_string=ranges_as_string)
+    except KVCacheClosedError:
+        # Unregistered between the lookup above and the read: answer as if it had never been there.
+        return 404, f"instance_id {instance_id} not registered"
     except ChecksumError as exc:
         return getattr(exc, "status", 400), str(getattr(exc, "message", exc))
     except LayoutError as exc:
@@ -64,24 +79,41 @@ def clear_cache(engine: Engine) -> dict[str, str]:
 
 
 _ERROR_BODY = {"error": "engine not initialized"}
+# ASCII decimal only: int() would also take "1_0" and non-ASCII digits such as "١".
+_QUERY_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def _query_int(text: str) -> int:
+    """A query-string integer; raises ``ValueError`` for anything but optionally signed ASCII digits."""
+    text = text.strip()
+    if not _QUERY_INT.fullmatch(text):
+        raise ValueError(f"not an integer: {text[:50]!r}")
+    return int(text)  # may still raise ValueError past Python's 4300-digit conversion limit
 
 
 @get("/kvcache/check", summary="MD5 checksums over registered KV blocks")
-async def kvcache_check(engine: Engine, block_ids: str | None = None, chunk_size: str | None = None,
-                        instance_id: str = "0", layerwise: str = "false") -> Response[Any]:
+async def kvcache_check(
+    engine: Engine,
+    block_ids: Annotated[str | None, QueryParameter(description='Block ids, mixed format: "0,[2,5],8"')] = None,
+    chunk_size: Annotated[str | None, QueryParameter(description="Blocks per hashed chunk (positive)")] = None,
+    instance_id: Annotated[str, QueryParameter(description="Registered KV context id")] = "0",
+    layerwise: Annotated[str, QueryParameter(description="true: one digest list per layer")] = "false",
+) -> Response[Any]:
     """Seed contract: 400 bad/missing ``block_ids`` or ``chunk_size``, 404 unknown instance, 501 unsupported."""
     def bad(message: str, status: int = 400) -> Response[Any]:
         return Response({"error": message}, status_code=status)
 
     if block_ids is None or not block_ids.strip():
         return bad("block_ids is required")
+    if not block_ids.isascii():  # the parser's \d and int() would read non-ASCII digits as ids
+        return bad("invalid block_ids: only ASCII is allowed")
     try:
         ids = parse_block_ids(block_ids)
-    except BlockIdParseError as exc:
-        return bad(f"invalid block_ids: {exc}")
+    except ValueError as exc:  # BlockIdParseError, or int() refusing a number past 4300 digits
+        return bad(f"invalid block_ids: {str(exc)[:200]}")
     try:
-        chunk = int(chunk_size) if chunk_size is not None else 0
-        iid = int(instance_id)
+        chunk = _query_int(chunk_size) if chunk_size is not None else 0
+        iid = _query_int(instance_id)
     except ValueError:
         return bad("chunk_size and instance_id must be integers")
     if chunk <= 0:
