@@ -303,34 +303,47 @@ class DataPath:
 
     # -- store / retrieve -----------------------------------------------------------------
 
-    def op_store(self, args: m.StoreArgs, identity: bytes) -> tuple[bytes, bool]:
+    def _transfer_target(self, args: m.StoreArgs | m.RetrieveArgs, identity: bytes,
+                         op: str) -> tuple[RegisteredKVCache, list[ObjectKey]] | None:
+        """The worker's KV cache and the range's object keys at its rank, or None (in-band failure)."""
         key = args.key
         self._heard(identity, args.instance_id)
         worker = self._worker(args.instance_id)
         if worker is None or key.worker_id is None:
-            return FAILED_TRANSFER
-        kv = worker.kv
+            return None
         try:
             first, end = self._chunk_range(key, aligned_end=True)
-            n = end - first
-            kv.validate_block_ids(args.block_ids, n)
-            hashes = self._hashes(key, key.start, key.end)
+            worker.kv.validate_block_ids(args.block_ids, end - first)
+            keys = self._object_keys(key)
         except (RequestRejected, InvalidKeyError, TransferError, ValueError) as exc:
-            logger.debug("store rejected: %s", exc)
+            logger.debug("%s rejected: %s", op, exc)
+            return None
+        return worker.kv, keys
+
+    def _object_keys(self, key: m.IPCCacheServerKey) -> list[ObjectKey]:
+        """One object key per chunk of ``[start, end)`` at the sending worker's rank."""
+        rank = kv_rank_for_worker(key.world_size, key.worker_id)
+        return [ObjectKey(h, key.model_name, rank, 0, key.cache_salt)
+                for h in self._hashes(key, key.start, key.end)]
+
+    def op_store(self, args: m.StoreArgs, identity: bytes) -> tuple[bytes, bool]:
+        target = self._transfer_target(args, identity, "store")
+        if target is None:
             return FAILED_TRANSFER
+        kv, all_keys = target
+        n = len(all_keys)
         if n == 0:
             return (DONE, True)
-        rank = kv_rank_for_worker(key.world_size, key.worker_id)
         null = kv.null_chunk_mask(args.block_ids, n)
         wanted = [i for i in range(n) if not null[i]]
-        keys = [ObjectKey(hashes[i], key.model_name, rank, 0, key.cache_salt) for i in wanted]
+        keys = [all_keys[i] for i in wanted]
         reserved = self.l1.reserve_write(keys, kv.object_nbytes)
         outs: list[Any] = [None] * n
         written_keys = []
-        for i, res, view in zip(wanted, reserved.results, reserved.views):
+        for i, k, res, view in zip(wanted, keys, reserved.results, reserved.views):
             if res == L1Result.SUCCESS:
                 outs[i] = view
-                written_keys.append(keys[wanted.index(i)])
+                written_keys.append(k)
         if not written_keys:
             return (DONE, True)  # everything already stored (or no room: L1 is full)
         try:
@@ -345,22 +358,11 @@ class DataPath:
         return (self._done_handle(kv), True)
 
     def op_retrieve(self, args: m.RetrieveArgs, identity: bytes) -> tuple[bytes, bool]:
+        target = self._transfer_target(args, identity, "retrieve")
+        if target is None:
+            return FAILED_TRANSFER
+        kv, keys = target
         key = args.key
-        self._heard(identity, args.instance_id)
-        worker = self._worker(args.instance_id)
-        if worker is None or key.worker_id is None:
-            return FAILED_TRANSFER
-        kv = worker.kv
-        try:
-            first, end = self._chunk_range(key, aligned_end=True)
-            n = end - first
-            kv.validate_block_ids(args.block_ids, n)
-            hashes = self._hashes(key, key.start, key.end)
-        except (RequestRejected, InvalidKeyError, TransferError, ValueError) as exc:
-            logger.debug("retrieve rejected: %s", exc)
-            return FAILED_TRANSFER
-        rank = kv_rank_for_worker(key.world_size, key.worker_id)
-        keys = [ObjectKey(h, key.model_name, rank, 0, key.cache_salt) for h in hashes]
         if not self.lookups.holds(key.request_id, keys):
             return FAILED_TRANSFER
         try:
@@ -415,17 +417,15 @@ class DataPath:
         if worker is None or key.worker_id is None:
             return False
         try:
-            first, end = self._chunk_range(key, aligned_end=True)
+            self._chunk_range(key, aligned_end=True)
             tensors = loads_tensors(args.data)
-            hashes = self._hashes(key, key.start, key.end)
+            keys = self._object_keys(key)
         except (RequestRejected, InvalidKeyError, UnsafePickleError, pickle.UnpicklingError, ValueError,
                 EOFError) as exc:
             logger.debug("commit_store rejected: %s", exc)
             return False
-        if len(tensors) != end - first:
+        if len(tensors) != len(keys):
             return False
-        rank = kv_rank_for_worker(key.world_size, key.worker_id)
-        keys = [ObjectKey(h, key.model_name, rank, 0, key.cache_salt) for h in hashes]
         reserved = self.l1.reserve_write(keys, worker.object_nbytes)
         ok = True
         written, failed = [], []
@@ -453,12 +453,10 @@ class DataPath:
             return miss
         try:
             self._chunk_range(key, aligned_end=True)
-            hashes = self._hashes(key, key.start, key.end)
+            keys = self._object_keys(key)
         except (RequestRejected, InvalidKeyError, ValueError) as exc:
             logger.debug("prepare_retrieve rejected: %s", exc)
             return miss
-        rank = kv_rank_for_worker(key.world_size, key.worker_id)
-        keys = [ObjectKey(h, key.model_name, rank, 0, key.cache_salt) for h in hashes]
         if not self.lookups.holds(key.request_id, keys):
             return miss
         try:
