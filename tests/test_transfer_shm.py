@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 import torch
 from hypothesis import given, settings
@@ -175,9 +176,8 @@ def test_missing_segment(cache: ShmSegmentCache) -> None:
 
 
 def test_segment_shorter_than_nbytes(cache: ShmSegmentCache) -> None:
-    with create_shm_tensor((64,), torch.uint8) as client:
-        with pytest.raises(ShmTooSmallError, match="has 64 bytes"):
-            cache.map_tensor(client.fields["shm_name"], 128, "uint8", [128], [1], 0)
+    with create_shm_tensor((64,), torch.uint8) as client, pytest.raises(ShmTooSmallError, match="has 64 bytes"):
+        cache.map_tensor(client.fields["shm_name"], 128, "uint8", [128], [1], 0)
     assert cache.segments() == []
 
 
@@ -290,3 +290,37 @@ def test_cuda_paths_report_cuda_not_available_on_cpu() -> None:
     assert cuda_ipc.import_ipc_event(cuda_ipc.CPU_STUB_EVENT_HANDLE, 0) is None
     assert cuda_ipc.import_ipc_event(b"", 0) is None
     cuda_ipc.wait_ipc_event(b"stub_ipc_handle", 0)
+
+
+class _Meta(msgspec.Struct):
+    dtype: str
+    shape: list[int]
+    stride: list[int]
+    storage_offset: int
+    device_uuid: str
+
+
+class _CpuShm(msgspec.Struct, tag_field="type", tag="cpu_shm"):
+    shm_name: str
+    nbytes: int
+    version: int
+    metadata: _Meta
+
+
+def test_descriptor_in_wire_form_or_as_a_struct(cache: ShmSegmentCache) -> None:
+    """The lead passes whatever the codec decodes: the wire map (view fields under metadata) or Structs."""
+    with create_shm_tensor((2, 3), torch.float32) as client:
+        f = client.fields
+        meta = {k: f[k] for k in ("dtype", "shape", "stride", "storage_offset", "device_uuid")}
+        wire = {"type": "cpu_shm", "shm_name": f["shm_name"], "nbytes": f["nbytes"], "version": 1, "metadata": meta}
+        struct = msgspec.msgpack.decode(msgspec.msgpack.encode(wire), type=_CpuShm)
+        client.tensor.fill_(4.0)
+        for desc in (wire, struct, f):
+            m = cache.map_descriptor(desc)
+            assert m.tensor.shape == (2, 3) and float(m.tensor.sum()) == 24.0
+            m.release()
+        with pytest.raises(ShmDescriptorError, match="not cpu_shm"):
+            cache.map_descriptor(dict(wire, type="cuda"))
+        with pytest.raises(ShmDescriptorError, match="no 'nbytes'"):
+            cache.map_descriptor({k: v for k, v in wire.items() if k != "nbytes"})
+    assert cache.segments() == []

@@ -6,7 +6,8 @@ semantics, partitions the layers into *kernel groups* the way LMCache does, and
 fixes the shape of the object that holds one chunk (``protocol/README.md`` §6):
 
     object = concat over kernel groups g, in group order, of a dense C-contiguous
-             [kv_size_g, num_layers_g, chunk_tokens, hidden_g] block of the KV dtype
+             [kv_size_g, num_layers_g, tokens_g, hidden_g] block of the KV dtype
+             (tokens_g = chunk_tokens, or the window for a sub-chunk sliding window)
     object[kv, l, t, h*HS + d] = layer_l[kv, block_of(t), slot_of(t), h, d]   (token-major)
 
 Supported per-layer formats (``KVFormat``):
@@ -43,8 +44,10 @@ grouped by ``(format, kv_size, NH, HS, BS, dtype, engine group)`` in order of
 their first layer; ``engine_group_infos`` (when given) must match those groups
 one to one; layers that no engine group lists are excluded from the object;
 all kernel groups share one object group (``--separate-object-groups`` is not
-supported); compressed blocks (``tokens_per_block`` != slots per block) and
-sub-chunk sliding windows are refused.
+supported); a group whose sliding window is shorter than a chunk keeps only
+each chunk's trailing ``sw/BS`` blocks in the object (``[kv, nl, sw, hidden]``),
+unless ``full_sw_kv``; compressed blocks (``tokens_per_block`` != slots per
+block) are refused.
 """
 
 from __future__ import annotations
@@ -199,10 +202,21 @@ class KernelGroupLayout:
     num_heads: int
     head_size: int
     dtype: torch.dtype
-    blocks_per_chunk: int
+    blocks_per_chunk: int  # block ids per chunk in a STORE/RETRIEVE list
     chunk_tokens: int
     object_offset: int  # bytes from the start of the object to this group's block
-    sw_size_tokens: int = -1  # sliding window in tokens, -1 = full attention (informational)
+    sw_size_tokens: int = -1  # sliding window in tokens, -1 = full attention
+    window_blocks: int = 0  # trailing blocks of each chunk the object keeps (0: all of them)
+
+    @property
+    def kept_blocks(self) -> int:
+        """Blocks of each chunk stored in the object: the last ``sw/BS`` for a sub-chunk window, else all."""
+        return self.window_blocks or self.blocks_per_chunk
+
+    @property
+    def object_tokens(self) -> int:
+        """Tokens of each chunk stored in the object (the chunk, or the sub-chunk window)."""
+        return self.kept_blocks * self.tokens_per_block
 
     @property
     def num_layers(self) -> int:
@@ -216,8 +230,8 @@ class KernelGroupLayout:
 
     @property
     def object_shape(self) -> tuple[int, int, int, int]:
-        """``(kv_size, num_layers, chunk_tokens, hidden)``: this group's block of the object."""
-        return (self.kv_size, self.num_layers, self.chunk_tokens, self.hidden)
+        """``(kv_size, num_layers, object_tokens, hidden)``: this group's block of the object."""
+        return (self.kv_size, self.num_layers, self.object_tokens, self.hidden)
 
     @property
     def object_nbytes(self) -> int:
@@ -320,6 +334,7 @@ class KVLayout:
                     "num_heads": g.num_heads,
                     "head_size": g.head_size,
                     "blocks_per_chunk": g.blocks_per_chunk,
+                    "sw_size_tokens": g.sw_size_tokens,
                     "object_shape": list(g.object_shape),
                 }
                 for g in self.groups
@@ -363,6 +378,7 @@ def resolve_kv_layout(
     chunk_size: int,
     *,
     default_kv_layout: str = "HND",
+    full_sw_kv: bool = False,
 ) -> KVLayout:
     """Work out the :class:`KVLayout` of a registration.
 
@@ -372,6 +388,8 @@ def resolve_kv_layout(
     attributes); empty means "one group holding every layer".
     ``chunk_size``: tokens per chunk (the server's ``--chunk-size``).
     ``default_kv_layout``: used when the hint is absent (see the module docstring).
+    ``full_sw_kv``: store every block of sub-chunk sliding-window groups (LMCache's
+    ``full_sw_kv``) instead of only each chunk's trailing window.
 
     Raises :class:`LayoutError` with a message naming the problem.
     """
@@ -430,17 +448,23 @@ def resolve_kv_layout(
                                   f"{kv_layout} reading of {list(layers[indices[0]].shape)} has {bs} slots per "
                                   f"block (compressed blocks are not supported){hint_note}")
             sw = int(_info_get(info, "sw_size_tokens", -1))
-            if 0 < sw < chunk_size:
-                raise LayoutError(f"group {gi}: sliding window of {sw} tokens is shorter than a chunk "
-                                  f"({chunk_size}); sub-chunk windows are not supported")
         if chunk_size % tokens_per_block:
             raise LayoutError(f"group {gi}: chunk size {chunk_size} is not a multiple of "
                               f"{tokens_per_block} tokens per block")
+        window_blocks = 0
+        if 0 < sw < chunk_size:
+            # A sub-chunk sliding window: only each chunk's trailing window is attended to,
+            # so LMCache keeps (and transfers) just those blocks, unless full_sw_kv.
+            if sw % tokens_per_block:
+                raise LayoutError(f"group {gi}: sub-chunk sliding window of {sw} tokens is not a multiple "
+                                  f"of {tokens_per_block} tokens per block")
+            if not full_sw_kv:
+                window_blocks = sw // tokens_per_block
         group = KernelGroupLayout(
             index=gi, engine_group_id=int(engine_gid or 0), layer_indices=tuple(indices), fmt=fmt,
             kv_size=kv, num_blocks=nb, tokens_per_block=tokens_per_block, num_heads=nh, head_size=hs,
             dtype=dtype, blocks_per_chunk=chunk_size // tokens_per_block, chunk_tokens=chunk_size,
-            object_offset=offset, sw_size_tokens=sw,
+            object_offset=offset, sw_size_tokens=sw, window_blocks=window_blocks,
         )
         # Each group's block is viewed as its dtype inside the object, so it must start aligned.
         if offset % dtype.itemsize:

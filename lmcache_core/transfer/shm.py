@@ -34,13 +34,18 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from lmcache_core.transfer.layout import LayoutError, TransferError, dtype_name, parse_dtype
+from lmcache_core.transfer.layout import (
+    LayoutError,
+    TransferError,
+    dtype_name,
+    parse_dtype,
+)
 
 __all__ = [
     "MappedTensor",
@@ -53,6 +58,7 @@ __all__ = [
     "ShmSegmentCache",
     "ShmTooSmallError",
     "create_shm_tensor",
+    "descriptor_fields",
     "shm_path",
     "view_span_bytes",
 ]
@@ -91,7 +97,7 @@ def shm_path(shm_name: str) -> str:
     """
     if not isinstance(shm_name, str):
         raise ShmNameError(f"shm_name must be a string, got {type(shm_name).__name__}")
-    name = shm_name[1:] if shm_name.startswith("/") else shm_name
+    name = shm_name.removeprefix("/")
     if not name or len(name) > _NAME_MAX:
         raise ShmNameError(f"invalid shared-memory name {shm_name!r}: empty or longer than {_NAME_MAX}")
     if "/" in name or "\0" in name or ".." in name or name == ".":
@@ -121,6 +127,45 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
             raise ShmDescriptorError(f"{what} must hold non-negative integers, got {list(value)!r}")
         out.append(int(v))
     return tuple(out)
+
+
+_FIELDS = ("shm_name", "nbytes", "dtype", "shape", "stride", "storage_offset", "device_uuid")
+_META_FIELDS = ("dtype", "shape", "stride", "storage_offset", "device_uuid")
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, _MISSING)
+    return getattr(obj, name, _MISSING)
+
+
+_MISSING = object()
+
+
+def descriptor_fields(descriptor: Any) -> dict[str, Any]:
+    """The flat fields of a ``cpu_shm`` descriptor.
+
+    Accepts a mapping or an object with attributes (a decoded msgspec Struct),
+    either flat (``shm_name, nbytes, dtype, shape, stride, storage_offset,
+    device_uuid``) or as on the wire, with the view fields inside ``metadata``.
+    A ``type`` other than ``cpu_shm`` is refused.
+    """
+    kind = _get(descriptor, "type")
+    if kind is not _MISSING and kind != "cpu_shm":
+        raise ShmDescriptorError(f"descriptor type {kind!r} is not cpu_shm")
+    meta = _get(descriptor, "metadata")
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = _get(descriptor, name)
+        if value is _MISSING and name in _META_FIELDS and meta is not _MISSING and meta is not None:
+            value = _get(meta, name)
+        if value is _MISSING:
+            if name == "device_uuid":
+                value = "cpu"
+            else:
+                raise ShmDescriptorError(f"cpu_shm descriptor has no {name!r}")
+        out[name] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -248,10 +293,11 @@ class ShmSegmentCache:
             raise
         return MappedTensor(tensor, shm_name, self, segment)
 
-    def map_descriptor(self, fields: dict[str, Any]) -> MappedTensor:
-        """:meth:`map_tensor` from a dict with the descriptor's field names."""
-        return self.map_tensor(fields["shm_name"], fields["nbytes"], fields["dtype"], fields["shape"],
-                               fields["stride"], fields["storage_offset"], fields.get("device_uuid", "cpu"))
+    def map_descriptor(self, descriptor: Any) -> MappedTensor:
+        """:meth:`map_tensor` from a descriptor in any shape :func:`descriptor_fields` accepts."""
+        f = descriptor_fields(descriptor)
+        return self.map_tensor(f["shm_name"], f["nbytes"], f["dtype"], f["shape"], f["stride"],
+                               f["storage_offset"], f["device_uuid"])
 
     def segments(self) -> list[dict[str, Any]]:
         """The live mappings: ``{shm_name, nbytes, refs}`` each (for status and tests)."""
