@@ -1,0 +1,377 @@
+"""The L2 adapter contract: a small typed surface for plugin authors, the rest in the base class.
+
+An adapter type is registered by a plugin through ``lmcache_register_l2_adapters``
+with ``register(type_name, config_type, factory)``; ``factory(config, context)``
+returns an :class:`L2Adapter`. The author implements five blocking methods that
+each handle one object and may raise:
+
+* :meth:`L2Adapter._put` — write one object (atomically: a reader never sees half);
+* :meth:`L2Adapter._get` — read one object into a caller-owned buffer, False if absent/corrupt;
+* :meth:`L2Adapter._size` — the stored size of an object, or None;
+* :meth:`L2Adapter._remove` — delete one object, its freed size or None;
+* :meth:`L2Adapter._list` (optional) — one page of keys after an opaque cursor.
+
+and optionally :meth:`L2Adapter._recover` (what is already stored, at start),
+:meth:`L2Adapter._status` and :meth:`L2Adapter._close`.
+
+The base class gives every adapter, for free:
+
+* futures (``concurrent.futures.Future``) for store / lookup-and-lock / load /
+  delete, run on the adapter's own thread pool, so no caller ever blocks on I/O;
+* lookup locks: keys found by :meth:`lookup_and_lock` are pinned against
+  :meth:`delete` (and eviction) until :meth:`unlock`;
+* usage accounting, total and per ``cache_salt``, kept from what was stored,
+  recovered and deleted;
+* listeners told of stored / accessed / deleted keys;
+* failure counters and a status section with ``is_healthy``.
+"""
+
+from __future__ import annotations
+
+import abc
+import ctypes
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from lmcache_core.keys import EncodedObjectKey, ObjectKey
+
+logger = logging.getLogger(__name__)
+
+GIB = 1 << 30
+
+
+def as_bytes_view(obj: Any) -> memoryview:
+    """A writable byte view of a contiguous CPU tensor (zero copy, no NumPy) or of any buffer."""
+    if hasattr(obj, "data_ptr"):  # a torch tensor
+        if obj.device.type != "cpu" or not obj.is_contiguous():
+            raise ValueError("L2 objects must be contiguous CPU tensors")
+        nbytes = obj.numel() * obj.element_size()
+        return memoryview((ctypes.c_ubyte * nbytes).from_address(obj.data_ptr())).cast("B")
+    return memoryview(obj).cast("B")
+
+
+class EvictionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An adapter's eviction settings (common to every type)."""
+
+    eviction_policy: str = "LRU"
+    trigger_watermark: float = msgspec.field(default=0.8)
+    eviction_ratio: float = msgspec.field(default=0.2)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.trigger_watermark <= 1 or not 0 < self.eviction_ratio <= 1:
+            raise ValueError("trigger_watermark and eviction_ratio must be in (0, 1]")
+
+
+class L2AdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Keys every adapter type accepts; a type's config Struct subclasses this."""
+
+    max_capacity_gb: float = 0.0  # 0: unknown or unbounded (no global eviction)
+    eviction: EvictionConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not self.max_capacity_gb >= 0:
+            raise ValueError("max_capacity_gb must be >= 0")
+
+
+@dataclass(frozen=True)
+class L2AdapterContext:
+    """What a factory receives besides its config: the adapter's position and a name for its threads."""
+
+    index: int
+    type_name: str
+    io_workers: int = 4
+
+
+@dataclass(frozen=True)
+class AdapterUsage:
+    """Bytes used (total and per salt) and the capacity (0 = unknown)."""
+
+    total_bytes_used: int
+    total_capacity_bytes: int
+    bytes_by_cache_salt: Mapping[str, int]
+
+    @property
+    def usage_fraction(self) -> float:
+        """used / capacity, or -1 when the capacity is unknown."""
+        return self.total_bytes_used / self.total_capacity_bytes if self.total_capacity_bytes > 0 else -1.0
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    key: EncodedObjectKey
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class KeyListPage:
+    """One page of :meth:`L2Adapter.list_keys`; ``next_page_token`` None means the listing is complete."""
+
+    entries: list[KeyEntry]
+    next_page_token: str | None
+
+
+class ListingNotSupported(NotImplementedError):
+    """This adapter type cannot enumerate what it stores."""
+
+
+class L2Listener:
+    """Observer of an adapter's key events (base methods do nothing); must not block."""
+
+    def on_l2_keys_stored(self, adapter: L2Adapter, keys: Sequence[ObjectKey], sizes: Sequence[int]) -> None:
+        """Keys now stored, with their sizes."""
+
+    def on_l2_keys_accessed(self, adapter: L2Adapter, keys: Sequence[ObjectKey]) -> None:
+        """Keys found by a lookup or loaded."""
+
+    def on_l2_keys_deleted(self, adapter: L2Adapter, keys: Sequence[ObjectKey]) -> None:
+        """Keys gone from the adapter."""
+
+
+class L2Adapter(abc.ABC):
+    """Base class of every L2 adapter; see the module docstring for the author's surface."""
+
+    def __init__(self, config: L2AdapterConfig, context: L2AdapterContext) -> None:
+        self.config = config
+        self.context = context
+        self.index = context.index
+        self.type_name = context.type_name
+        self.max_capacity_bytes = int(config.max_capacity_gb * GIB)
+        self._pool = ThreadPoolExecutor(max(1, context.io_workers),
+                                        thread_name_prefix=f"l2-{context.type_name}-{context.index}")
+        self._lock = threading.Lock()
+        self._locks: dict[ObjectKey, int] = {}
+        self._sizes: dict[ObjectKey, int] = {}
+        self._bytes_by_salt: dict[str, int] = {}
+        self._total = 0
+        self._listeners: list[L2Listener] = []
+        self.failures = {"store": 0, "lookup": 0, "load": 0, "delete": 0}
+        self._closed = False
+
+    # -- the author's surface --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _put(self, key: ObjectKey, data: memoryview) -> None:
+        """Store one object; raise on failure. Readers must never see a partial object."""
+
+    @abc.abstractmethod
+    def _get(self, key: ObjectKey, out: memoryview) -> bool:
+        """Read one object into ``out`` (exactly its size); False when absent or corrupt."""
+
+    @abc.abstractmethod
+    def _size(self, key: ObjectKey) -> int | None:
+        """The stored size of ``key``, or None when absent."""
+
+    @abc.abstractmethod
+    def _remove(self, key: ObjectKey) -> int | None:
+        """Delete one object; its size, or None when it was absent."""
+
+    def _list(self, model_name: str | None, cursor: str | None, limit: int) -> tuple[list[tuple[ObjectKey, int]],
+                                                                                   str | None]:
+        """One page of ``(key, size)`` after ``cursor`` (opaque to callers) and the next cursor."""
+        raise ListingNotSupported(f"L2 adapter type {self.type_name!r} cannot list its keys")
+
+    def _recover(self) -> Iterable[tuple[ObjectKey, int]]:
+        """What is already stored when the adapter starts (for accounting); default nothing."""
+        return ()
+
+    def _status(self) -> dict[str, Any]:
+        """Adapter-specific status fields."""
+        return {}
+
+    def _close(self) -> None:
+        """Release the adapter's resources."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Rebuild accounting from what is already stored."""
+        recovered = list(self._recover())
+        if recovered:
+            self._account_stored([k for k, _ in recovered], [s for _, s in recovered], notify=True)
+            logger.info("L2 %s #%d: recovered %d objects", self.type_name, self.index, len(recovered))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._close()
+
+    def register_listener(self, listener: L2Listener) -> None:
+        self._listeners.append(listener)
+
+    # -- operations (futures) ------------------------------------------------------------
+
+    def store(self, keys: Sequence[ObjectKey], objs: Sequence[Any]) -> Future[list[bool]]:
+        """Store ``objs[i]`` (uint8 tensors or buffers) under ``keys[i]``; per-key success."""
+        return self._pool.submit(self._store_all, list(keys), list(objs))
+
+    def lookup_and_lock(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
+        """Which keys are stored; those found stay pinned against delete until :meth:`unlock`."""
+        return self._pool.submit(self._lookup_all, list(keys))
+
+    def unlock(self, keys: Iterable[ObjectKey]) -> None:
+        """Release one lookup lock on each key (never fails)."""
+        with self._lock:
+            for k in keys:
+                n = self._locks.get(k, 0)
+                if n > 1:
+                    self._locks[k] = n - 1
+                elif n == 1:
+                    del self._locks[k]
+
+    def load(self, keys: Sequence[ObjectKey], bufs: Sequence[Any]) -> Future[list[bool]]:
+        """Read each key into the caller's buffer ``bufs[i]``; per-key success."""
+        return self._pool.submit(self._load_all, list(keys), list(bufs))
+
+    def delete(self, keys: Sequence[ObjectKey]) -> Future[list[bool]]:
+        """Delete keys, skipping locked ones; per key: True if it is gone now."""
+        return self._pool.submit(self._delete_all, list(keys))
+
+    def list_keys(self, model_name: str | None = None, page_size: int = 500,
+                  page_token: str | None = None) -> KeyListPage:
+        """One page of stored keys (blocking; run it off the event loop). ValueError: malformed token."""
+        items, cursor = self._list(model_name, page_token, page_size)
+        return KeyListPage([KeyEntry(k.to_encoded(), size) for k, size in items], cursor)
+
+    # -- accounting and status -------------------------------------------------------------
+
+    def usage(self) -> AdapterUsage:
+        with self._lock:
+            return AdapterUsage(self._total, self.max_capacity_bytes, dict(self._bytes_by_salt))
+
+    def usage_by_salt(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._bytes_by_salt)
+
+    def is_key_evictable(self, key: ObjectKey) -> bool:
+        with self._lock:
+            return key not in self._locks
+
+    def report_status(self) -> dict[str, Any]:
+        with self._lock:
+            doc = {
+                "type_name": self.type_name,
+                "index": self.index,
+                "is_healthy": not self._closed,
+                "stored_object_count": len(self._sizes),
+                "locked_key_count": len(self._locks),
+                "current_size_bytes": self._total,
+                "max_capacity_bytes": self.max_capacity_bytes,
+                "failures": dict(self.failures),
+            }
+        doc.update(self._status())
+        return doc
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for listener in list(self._listeners):
+            try:
+                getattr(listener, method)(self, *args)
+            except Exception:
+                logger.exception("L2 listener %r failed in %s", listener, method)
+
+    def _account_stored(self, keys: list[ObjectKey], sizes: list[int], *, notify: bool) -> None:
+        with self._lock:
+            for k, size in zip(keys, sizes):
+                old = self._sizes.get(k)
+                if old is not None:
+                    self._adjust(k.cache_salt, -old)
+                self._sizes[k] = size
+                self._adjust(k.cache_salt, size)
+        if notify and keys:
+            self._notify("on_l2_keys_stored", keys, sizes)
+
+    def _account_deleted(self, keys: list[ObjectKey]) -> None:
+        gone = []
+        with self._lock:
+            for k in keys:
+                size = self._sizes.pop(k, None)
+                if size is not None:
+                    self._adjust(k.cache_salt, -size)
+                    gone.append(k)
+        if gone:
+            self._notify("on_l2_keys_deleted", gone)
+
+    def _adjust(self, salt: str, delta: int) -> None:
+        left = self._bytes_by_salt.get(salt, 0) + delta
+        if left < 0:
+            logger.warning("L2 %s #%d: usage of salt %r went negative; clamped to 0", self.type_name,
+                           self.index, salt)
+            left = 0
+        if left:
+            self._bytes_by_salt[salt] = left
+        else:
+            self._bytes_by_salt.pop(salt, None)
+        self._total = max(0, self._total + delta)
+
+    def _store_all(self, keys: list[ObjectKey], objs: list[Any]) -> list[bool]:
+        ok: list[bool] = []
+        stored, sizes = [], []
+        for k, obj in zip(keys, objs):
+            try:
+                data = as_bytes_view(obj)
+                self._put(k, data)
+            except Exception as exc:
+                self.failures["store"] += 1
+                logger.warning("L2 %s #%d: store failed: %s", self.type_name, self.index, exc)
+                ok.append(False)
+                continue
+            ok.append(True)
+            stored.append(k)
+            sizes.append(data.nbytes)
+        self._account_stored(stored, sizes, notify=True)
+        return ok
+
+    def _lookup_all(self, keys: list[ObjectKey]) -> list[bool]:
+        found: list[bool] = []
+        for k in keys:
+            try:
+                size = self._size(k)
+            except Exception as exc:
+                self.failures["lookup"] += 1
+                logger.warning("L2 %s #%d: lookup failed: %s", self.type_name, self.index, exc)
+                size = None
+            found.append(size is not None)
+        with self._lock:
+            for k, hit in zip(keys, found):
+                if hit:
+                    self._locks[k] = self._locks.get(k, 0) + 1
+        hits = [k for k, hit in zip(keys, found) if hit]
+        if hits:
+            self._notify("on_l2_keys_accessed", hits)
+        return found
+
+    def _load_all(self, keys: list[ObjectKey], bufs: list[Any]) -> list[bool]:
+        ok = []
+        for k, buf in zip(keys, bufs):
+            try:
+                ok.append(bool(self._get(k, as_bytes_view(buf))))
+            except Exception as exc:
+                self.failures["load"] += 1
+                logger.warning("L2 %s #%d: load failed: %s", self.type_name, self.index, exc)
+                ok.append(False)
+        return ok
+
+    def _delete_all(self, keys: list[ObjectKey]) -> list[bool]:
+        with self._lock:
+            todo = [k for k in keys if k not in self._locks]
+            locked = set(keys) - set(todo)
+        gone = []
+        for k in todo:
+            try:
+                self._remove(k)
+                gone.append(k)
+            except Exception as exc:
+                self.failures["delete"] += 1
+                logger.warning("L2 %s #%d: delete failed: %s", self.type_name, self.index, exc)
+        self._account_deleted(gone)
+        done = set(gone)
+        return [k in done and k not in locked for k in keys]
