@@ -146,3 +146,29 @@ def test_ticks_are_counted_in_prometheus(l1):
     ctl.tick()
     after = (value("lmcache_mp_l1_eviction_loop_ticks_total"), value("lmcache_mp_l1_eviction_loop_triggered_total"))
     assert (after[0] - before[0], after[1] - before[1]) == (2.0, 1.0)
+
+
+def test_a_large_eviction_is_paid_in_bounded_slices_in_lru_order(l1):
+    now = [0.0]
+    ctl = controller(l1, LRUPolicy(), watermark=0.8, ratio=0.5, max_victims_per_tick=2, clock=lambda: now[0])
+    a, b, c = keys("a", 4), keys("b", 4), keys("c", 6)
+    for ks in (a, b, c):
+        store(l1, ks)  # 14 objects: a trigger owes max(1, int(0.5 * 14)) = 7 evictions
+    slices = []
+    for _ in range(6):
+        summary = ctl.tick()
+        slices.append((summary["evicted"], summary["left_to_evict"]))
+    assert slices == [(2, 5), (2, 3), (2, 1), (1, 0), (0, 0), (0, 0)]
+    assert resident(l1, a) == [] and resident(l1, b) == b[:1] and resident(l1, c) == c
+    assert ctl.report_status()["triggered_ticks"] == 1
+
+
+def test_a_new_trigger_waits_for_the_trigger_interval(l1):
+    now = [0.0]
+    ctl = controller(l1, LRUPolicy(), watermark=0.5, ratio=0.1, trigger_interval_s=1.0, clock=lambda: now[0])
+    store(l1, keys("a", 14))
+    assert ctl.tick()["evicted"] == 1  # 13/16 still over 0.5
+    now[0] = 0.5
+    assert ctl.tick()["evicted"] == 0
+    now[0] = 1.0
+    assert ctl.tick()["evicted"] == 1

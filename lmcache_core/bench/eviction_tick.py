@@ -4,9 +4,11 @@ Rows (each with a baseline from the same run: popping the same number of keys
 from a plain dict, the cheapest thing any eviction could do per victim):
 
 * ``below_watermark``: the usual tick, nothing to evict;
-* ``trigger_ratio_<r>``: the tick that crosses the watermark, evicting
-  ``ratio × tracked`` keys (LMCache semantics; 0.2 is the default: 200,000 keys);
-* also with ratio 0.001 (1,000 keys): the cost of a small eviction among a million.
+* ``trigger_ratio_<r>``: a trigger owing ``ratio × tracked`` evictions (LMCache
+  semantics; 0.2 is the default: 200,000 keys) is paid in bounded slices, one per
+  tick (the eviction thread ticks every 50 ms): the slowest tick, and the total time
+  and number of ticks to pay the whole trigger;
+* also with ratio 0.001 (1,000 keys): a small eviction among a million.
 """
 
 from __future__ import annotations
@@ -55,6 +57,20 @@ def _timed_tick(ctl: EvictionController) -> tuple[float, int]:
     return (time.perf_counter() - t0) * 1000, summary["evicted"]
 
 
+def _pay_trigger(ctl: EvictionController) -> tuple[float, float, int, int]:
+    """Tick until the trigger's debt is paid: (slowest tick ms, total ms, ticks, evicted)."""
+    gc.collect()
+    slowest = total = 0.0
+    ticks = evicted = 0
+    while True:
+        t0 = time.perf_counter()
+        summary = ctl.tick()
+        ms = (time.perf_counter() - t0) * 1000
+        slowest, total, ticks, evicted = max(slowest, ms), total + ms, ticks + 1, evicted + summary["evicted"]
+        if not summary["left_to_evict"]:
+            return slowest, total, ticks, evicted
+
+
 def run() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     l1, ctl, _ = _fill(N)
@@ -66,12 +82,16 @@ def run() -> list[dict[str, Any]]:
         ctl.watermark = 0.8
         for ratio in (0.001, 0.2):
             ctl.ratio = ratio
-            ms, evicted = _timed_tick(ctl)
+            slowest, total, ticks, evicted = _pay_trigger(ctl)
             base = _dict_pop_ms(l1.get_memory_usage()[0] // OBJ + evicted, evicted)
-            rows.append({"bench": "eviction_tick_1M_objects", "case": f"trigger_ratio_{ratio}", "ms": round(ms, 3),
+            rows.append({"bench": "eviction_tick_1M_objects", "case": f"trigger_ratio_{ratio}",
+                         "ms": round(slowest, 3), "ms_meaning": "slowest tick",
+                         "ticks_to_pay_trigger": ticks, "total_ms": round(total, 3),
+                         "max_victims_per_tick": ctl.max_victims_per_tick,
                          "evicted": evicted, "baseline": "dict.pop of the same number of keys",
-                         "baseline_ms": round(base, 3), "ratio_to_baseline": round(ms / base, 2) if base else None,
-                         "us_per_victim": round(ms * 1000 / max(evicted, 1), 3), "target_ms": 50})
+                         "baseline_ms": round(base, 3),
+                         "ratio_total_to_baseline": round(total / base, 2) if base else None,
+                         "us_per_victim": round(total * 1000 / max(evicted, 1), 3), "target_ms": 50})
             # refill what was evicted so the next case starts from 1M again
             l1.clear(force=True)
             l1.close()

@@ -11,7 +11,13 @@ L2 adapters with a capacity later. The policy is fed by the tier's listeners
    meantime; the tier's delete listener then removes them from the policy.
 
 The cost of a tick is proportional to what it examines and evicts, not to
-what is stored (the policy bounds its scan past locked keys).
+what is stored (the policy bounds its scan past locked keys), and bounded:
+a trigger decides how much to evict (LMCache's ``ratio x tracked``: 200,000
+keys out of a million), but each tick evicts at most ``max_victims_per_tick``
+of that debt. The thread ticks every 50 ms, so a large eviction is paid in
+slices of a few tens of milliseconds (STOREs interleave) and finishes within
+about a second, while a new trigger is considered at most once per
+``trigger_interval_s`` (1 s, LMCache's cadence).
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from lmcache_core.storage.quota import QuotaManager
 logger = logging.getLogger(__name__)
 
 DELETE_BATCH = 8192
-"""Victims deleted per tier call: keeps each hold of the tier's lock short (a few ms)
-even when a trigger evicts 20% of a million objects."""
+"""Victims deleted per tier call: keeps each hold of the tier's lock short (a few ms)."""
+
+MAX_VICTIMS_PER_TICK = 12288
+"""Victims per tick (about 40 ms of policy + L1 work here): the bound on one tick's cost."""
 
 
 class EvictionTier(Protocol):
@@ -80,6 +88,9 @@ class EvictionController:
         quotas: QuotaManager | None = None,
         name: str = "l1",
         on_tick: Callable[[bool], None] | None = None,
+        max_victims_per_tick: int = MAX_VICTIMS_PER_TICK,
+        trigger_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``on_tick(triggered)`` is called after every tick (the tier's metrics)."""
         if not 0 < watermark <= 1 or not 0 < ratio <= 1:
@@ -91,6 +102,12 @@ class EvictionController:
         self.quotas = quotas
         self.name = name
         self._on_tick = on_tick
+        self.max_victims_per_tick = max(1, max_victims_per_tick)
+        self.trigger_interval_s = trigger_interval_s
+        self._clock = clock
+        self._last_trigger = float("-inf")
+        self._debt = 0  # global policies: keys still to evict for the last trigger
+        self._pending: list[ObjectKey] = []  # isolation policies: planned victims not yet deleted
         self._lock = threading.Lock()  # one tick at a time (the thread, or a manual tick)
         self.ticks = 0
         self.triggered_ticks = 0
@@ -99,29 +116,61 @@ class EvictionController:
         self.last_tick_ms = 0.0
 
     def tick(self) -> dict[str, Any]:
-        """One eviction round; returns a summary (it becomes the periodic thread's extra info)."""
+        """One eviction slice; returns a summary (it becomes the periodic thread's extra info)."""
         with self._lock:
             t0 = time.perf_counter()
             used, capacity = self.tier.get_memory_usage()
-            usage_by_salt = limits = None
-            if self.policy.supports_isolation:
-                usage_by_salt = dict(self.tier.usage_by_salt())
-                limits = {salt: self.quotas.get_limit_bytes(salt) for salt in usage_by_salt} if self.quotas else {}
-            victims = plan_eviction(self.policy, used, capacity, self.watermark, self.ratio,
-                                    self.tier.is_key_evictable, usage_by_salt, limits)
+            triggered = False
+            if not self._debt and not self._pending and self._clock() - self._last_trigger >= self.trigger_interval_s:
+                triggered = self._plan(used, capacity)
+            victims = self._take_slice()
             evicted = 0
-            if victims:
-                for start in range(0, len(victims), DELETE_BATCH):
-                    results = self.tier.delete(victims[start:start + DELETE_BATCH], evicted=True)
-                    evicted += sum(1 for r in results if r == L1Result.SUCCESS)
-                self.refused_total += len(victims) - evicted
-                self.triggered_ticks += 1
+            for start in range(0, len(victims), DELETE_BATCH):
+                results = self.tier.delete(victims[start:start + DELETE_BATCH], evicted=True)
+                evicted += sum(1 for r in results if r == L1Result.SUCCESS)
+            self.refused_total += len(victims) - evicted
+            self.triggered_ticks += triggered
             self.ticks += 1
             self.evicted_total += evicted
             self.last_tick_ms = (time.perf_counter() - t0) * 1000
             if self._on_tick is not None:
-                self._on_tick(bool(victims))
-            return {"evicted": evicted, "candidates": len(victims), "used_bytes": used, "capacity_bytes": capacity}
+                self._on_tick(triggered)
+            return {"evicted": evicted, "candidates": len(victims), "left_to_evict": self.left_to_evict,
+                    "used_bytes": used, "capacity_bytes": capacity}
+
+    @property
+    def left_to_evict(self) -> int:
+        return self._debt + len(self._pending)
+
+    def _plan(self, used: int, capacity: int) -> bool:
+        """Decide a trigger's eviction (stored as debt or pending victims); whether it triggered."""
+        if self.policy.supports_isolation:
+            usage_by_salt = dict(self.tier.usage_by_salt())
+            limits = {salt: self.quotas.get_limit_bytes(salt) for salt in usage_by_salt} if self.quotas else {}
+            self._pending = plan_eviction(self.policy, used, capacity, self.watermark, self.ratio,
+                                          self.tier.is_key_evictable, usage_by_salt, limits)
+            triggered = bool(self._pending)
+        elif capacity > 0 and used / capacity >= self.watermark:
+            tracked = self.policy.tracked_count()
+            self._debt = min(tracked, max(1, int(self.ratio * tracked))) if tracked else 0
+            triggered = self._debt > 0
+        else:
+            triggered = False
+        if triggered:
+            self._last_trigger = self._clock()
+        return triggered
+
+    def _take_slice(self) -> list[ObjectKey]:
+        budget = self.max_victims_per_tick
+        if self._pending:
+            victims, self._pending = self._pending[:budget], self._pending[budget:]
+            return victims
+        if self._debt:
+            victims = self.policy.select_victims(min(self._debt, budget), self.tier.is_key_evictable)
+            # Nothing selectable (all locked): drop the debt; the next trigger decides afresh.
+            self._debt = self._debt - len(victims) if victims else 0
+            return victims
+        return []
 
     def report_status(self) -> dict[str, Any]:
         """Status section (the reference's field names plus counters)."""
@@ -135,4 +184,5 @@ class EvictionController:
             "evicted_total": self.evicted_total,
             "refused_total": self.refused_total,
             "last_tick_ms": round(self.last_tick_ms, 3),
+            "left_to_evict": self.left_to_evict,
         }

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
 L1_EVICTION_THREAD = "l1-eviction-controller"
-L1_EVICTION_INTERVAL_S = 1.0
+L1_EVICTION_INTERVAL_S = 0.05  # slices of a trigger's eviction; triggers at most once a second
 
 
 class StorageManager:
