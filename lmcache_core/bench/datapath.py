@@ -4,8 +4,8 @@ This process plays a vLLM worker with a CPU shared-memory KV cache (default 32
 layers, 8 heads x 128 dims, fp16, 16-token blocks; 256-token chunks = 32 MiB
 chunk objects) and drives the server over ZMQ with our client. In the same run
 it measures the baseline the targets are stated against: a raw torch copy of
-the same bytes in the same block pattern (per layer, ``index_select`` of the
-chunk's blocks into a contiguous buffer, and ``index_copy_`` back).
+the same bytes in the same block pattern (the faster of ``index_select`` per
+layer and per K/V plane into a contiguous buffer, and ``index_copy_`` back).
 
 The real LMCache 0.5.6 server is measured by the same driver when its peer venv
 exists (``../shared/peer/install-peer.sh``); our client speaks its protocol.
@@ -83,23 +83,45 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def raw_copy_gbps(kv: WorkerKVCache, n_chunks: int, repeats: int = 3) -> tuple[float, float]:
-    """Best-of GB/s of the raw torch gather (blocks → contiguous) and scatter (back) of ``n_chunks`` chunks."""
+    """Best GB/s of plain torch copying ``n_chunks`` chunks' blocks: gather (blocks → contiguous) and scatter.
+
+    Two ways are timed for each direction, per layer and per K/V plane of each layer
+    (``index_select`` / ``index_copy_``); the faster one is the baseline.
+    """
     layers = kv.layers
     ids = torch.arange(0, n_chunks * BPC)
     dst_ids = torch.arange(n_chunks * BPC, 2 * n_chunks * BPC)
     bufs = [torch.empty((2, n_chunks * BPC) + tuple(layers[0].shape[2:]), dtype=layers[0].dtype) for _ in layers]
     nbytes = sum(b.numel() * b.element_size() for b in bufs)
-    best_g = best_s = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def per_layer_gather() -> None:
         for layer, buf in zip(layers, bufs):
             torch.index_select(layer, 1, ids, out=buf)
-        best_g = min(best_g, time.perf_counter() - t0)
-        t0 = time.perf_counter()
+
+    def per_plane_gather() -> None:
+        for layer, buf in zip(layers, bufs):
+            for kv_i in range(layer.shape[0]):
+                torch.index_select(layer[kv_i], 0, ids, out=buf[kv_i])
+
+    def per_layer_scatter() -> None:
         for layer, buf in zip(layers, bufs):
             layer.index_copy_(1, dst_ids, buf)
-        best_s = min(best_s, time.perf_counter() - t0)
-    return nbytes / best_g / 1e9, nbytes / best_s / 1e9
+
+    def per_plane_scatter() -> None:
+        for layer, buf in zip(layers, bufs):
+            for kv_i in range(layer.shape[0]):
+                layer[kv_i].index_copy_(0, dst_ids, buf[kv_i])
+
+    def best(fns: tuple) -> float:
+        times = []
+        for fn in fns:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return nbytes / min(times) / 1e9
+
+    return best((per_layer_gather, per_plane_gather)), best((per_layer_scatter, per_plane_scatter))
 
 
 def drive(url: str, kv: WorkerKVCache, sequences: int, chunks: int, lookups: int) -> dict[str, Any]:
