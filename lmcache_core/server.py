@@ -22,7 +22,7 @@ from lmcache_core.hashing import TokenHasher
 from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
 from lmcache_core.plugins import PluginHost, Registry
 from lmcache_core.sessions import SessionManager
-from lmcache_core.storage.manager import StorageManager
+from lmcache_core.storage.manager import StorageManager, parse_l2_configs
 from lmcache_core.transport.handlers import DataPath
 from lmcache_core.transport.zmq_server import ZmqServer
 
@@ -93,11 +93,7 @@ class CacheServer:
         return {name: masked(cfg) for name, cfg in self.configs.items()}
 
     def _validate(self) -> None:
-        for index, adapter in enumerate(self.storage_config.l2_adapter):
-            type_name = adapter.get("type")
-            if type_name not in self.l2_adapter_types:
-                known = ", ".join(self.l2_adapter_types.names()) or "none (install an L2 adapter plugin)"
-                raise ValueError(f"--l2-adapter #{index}: unknown type {type_name!r}; known types: {known}")
+        parse_l2_configs(self.storage_config.l2_adapter, self.l2_adapter_types)
         # A hash algorithm we cannot compute deterministically is a configuration error.
         self.hasher = TokenHasher(self.mp_config.chunk_size, self.mp_config.hash_algorithm)
         policy = self.storage_config.eviction_policy
@@ -150,7 +146,7 @@ class CacheServer:
         self.sessions = SessionManager(self.hasher, self.mp_config.session_ttl_seconds)
         self.threads.create(SESSION_CLEANUP_THREAD, min(SESSION_CLEANUP_INTERVAL_S, self.mp_config.session_ttl_seconds),
                             self.sessions.cleanup, level=ThreadLevel.MEDIUM)
-        self.storage = StorageManager(self.storage_config, self.eviction_policies,
+        self.storage = StorageManager(self.storage_config, self.eviction_policies, l2_types=self.l2_adapter_types,
                                       enable_metrics=not getattr(obs, "disable_metrics", False))
         self.storage.start(self.threads)
         self.datapath = DataPath(self)

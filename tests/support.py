@@ -20,3 +20,40 @@ def subprocess_env(extra_paths: list[Path], **env: str) -> dict[str, str]:
     out["PYTHONPATH"] = os.pathsep.join(paths)
     out.update(env)
     return out
+
+
+# -- a small real L2 adapter (objects in a dict), for tests of the L2 machinery ------------
+
+from lmcache_core.storage.l2.base import L2Adapter  # noqa: E402
+
+
+class MemoryAdapter(L2Adapter):
+    """Objects in a dict (what an author writes: five small methods)."""
+
+    def __init__(self, config, context, preloaded=None):
+        self.objects: dict[ObjectKey, bytes] = dict(preloaded or {})
+        self.fail_puts = False
+        super().__init__(config, context)
+
+    def _put(self, key, data):
+        if self.fail_puts:
+            raise OSError("disk full")
+        self.objects[key] = bytes(data)
+
+    def _get(self, key, out):
+        data = self.objects.get(key)
+        if data is None or len(data) != out.nbytes:
+            return False
+        out[:] = data
+        return True
+
+    def _size(self, key):
+        data = self.objects.get(key)
+        return None if data is None else len(data)
+
+    def _remove(self, key):
+        data = self.objects.pop(key, None)
+        return None if data is None else len(data)
+
+    def _recover(self):
+        return [(k, len(v)) for k, v in self.objects.items()]

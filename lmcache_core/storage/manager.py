@@ -18,13 +18,36 @@ from lmcache_core.storage import metrics
 from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.eviction_controller import EvictionController, PolicyFeeder
 from lmcache_core.storage.l1 import L1Manager
+from lmcache_core.storage.l2.base import L2Adapter, L2AdapterContext
+from lmcache_core.storage.l2.store_controller import StoreController
 from lmcache_core.storage.quota import QuotaManager
 
 logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
 L1_EVICTION_THREAD = "l1-eviction-controller"
+L2_STORE_THREAD = "l2-store-controller"
+L2_STORE_INTERVAL_S = 0.02
 L1_EVICTION_INTERVAL_S = 0.05  # slices of a trigger's eviction; triggers at most once a second
+
+
+def parse_l2_configs(entries: list[dict[str, Any]], types: Registry) -> list[tuple[str, Any]]:
+    """``--l2-adapter`` JSON objects → ``(type_name, config Struct)``; ValueError names the position."""
+    import msgspec
+
+    parsed = []
+    for index, entry in enumerate(entries):
+        type_name = entry.get("type")
+        if type_name not in types:
+            known = ", ".join(types.names()) or "none (install an L2 adapter plugin)"
+            raise ValueError(f"--l2-adapter #{index}: unknown type {type_name!r}; known types: {known}")
+        fields = {k: v for k, v in entry.items() if k != "type"}
+        try:
+            config = msgspec.convert(fields, types.get(type_name).config_type)
+        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            raise ValueError(f"--l2-adapter #{index} ({type_name}): invalid config: {exc}") from None
+        parsed.append((type_name, config))
+    return parsed
 
 
 class StorageManager:
@@ -35,10 +58,12 @@ class StorageManager:
         config: StorageManagerConfig,
         policies: Registry,
         *,
+        l2_types: Registry | None = None,
         shm_name: str | None = None,
         enable_metrics: bool = True,
     ) -> None:
         self.config = config
+        l2_configs = parse_l2_configs(config.l2_adapter, l2_types) if l2_types is not None else []
         self.l1 = L1Manager(
             int(config.l1_size_gb * GIB),
             align_bytes=config.l1_align_bytes,
@@ -56,12 +81,27 @@ class StorageManager:
             ratio=config.eviction_ratio, quotas=self.quotas, name="l1",
             on_tick=metrics.record_eviction_tick if enable_metrics else None,
         )
+        self.l2_adapters: list[L2Adapter] = []
+        try:
+            for index, (type_name, l2_config) in enumerate(l2_configs):
+                adapter = l2_types.get(type_name).factory(l2_config, L2AdapterContext(index, type_name))  # type: ignore
+                self.l2_adapters.append(adapter)
+                adapter.start()
+                self.quotas.register_usage_provider(f"l2:{index}", adapter.usage_by_salt)
+        except BaseException:
+            for adapter in self.l2_adapters:
+                adapter.close()
+            self.l1.close()
+            raise
+        self.store_controller = StoreController(self.l1, self.l2_adapters, policy=config.l2_store_policy)
         self._threads: PeriodicThreadRegistry | None = None
 
     def start(self, threads: PeriodicThreadRegistry) -> None:
         """Register and start the background loops."""
         self._threads = threads
         threads.create(L1_EVICTION_THREAD, L1_EVICTION_INTERVAL_S, self.l1_eviction.tick, level=ThreadLevel.HIGH)
+        if self.l2_adapters:
+            threads.create(L2_STORE_THREAD, L2_STORE_INTERVAL_S, self.store_controller.drain, level=ThreadLevel.HIGH)
 
     def report_status(self) -> dict[str, Any]:
         """The ``storage_manager`` section of ``/status``."""
@@ -69,16 +109,22 @@ class StorageManager:
         eviction = self.l1_eviction.report_status()
         thread = self._threads.get(L1_EVICTION_THREAD) if self._threads else None
         eviction["thread_alive"] = bool(thread and thread.is_running)
+        l2 = [a.report_status() for a in self.l2_adapters]
         return {
-            "is_healthy": bool(l1.get("is_healthy", True)) and (thread is None or thread.is_running),
+            "is_healthy": bool(l1.get("is_healthy", True)) and (thread is None or thread.is_running)
+            and all(s.get("is_healthy", False) for s in l2),
             "l1_manager": l1,
             "l1_eviction_controller": eviction,
-            "l2_adapters": [],
-            "num_l2_adapters": 0,
+            "store_controller": self.store_controller.report_status(),
+            "l2_adapters": l2,
+            "num_l2_adapters": len(l2),
         }
 
     def close(self) -> None:
         """Stop the loops (if this manager started them) and free L1."""
         if self._threads is not None:
             self._threads.unregister(L1_EVICTION_THREAD, stop=True)
+            self._threads.unregister(L2_STORE_THREAD, stop=True)
+        for adapter in self.l2_adapters:
+            adapter.close()
         self.l1.close()

@@ -1,0 +1,157 @@
+"""Write-behind from a real L1 to real adapters: bytes, temporaries, skip_l1, failures, the server wiring."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from support import MemoryAdapter
+
+from lmcache_core import hookimpl
+from lmcache_core.config import MPConfig, StorageManagerConfig
+from lmcache_core.keys import ObjectKey
+from lmcache_core.storage.l1 import L1Manager, L1Result
+from lmcache_core.storage.l2.base import L2AdapterConfig, L2AdapterContext
+from lmcache_core.storage.l2.store_controller import StoreController
+
+OBJ = 4096
+
+
+@pytest.fixture
+def l1():
+    m = L1Manager(64 * OBJ, enable_metrics=False)
+    yield m
+    m.close()
+
+
+def adapter(index=0):
+    a = MemoryAdapter(L2AdapterConfig(), L2AdapterContext(index, "memory", io_workers=1))
+    a.start()
+    return a
+
+
+def write(l1, keys, temporary=False, fill=7):
+    res = l1.reserve_write(keys, OBJ, temporary=temporary)
+    for view in res.views:
+        view.fill_(fill)
+    assert all(r == L1Result.SUCCESS for r in res.results)
+    l1.finish_write(keys)
+
+
+def keys(n, tag=b"k"):
+    return [ObjectKey(tag + bytes([i]) * 31, "m", 0x01000100) for i in range(n)]
+
+
+def test_new_objects_reach_every_adapter_with_equal_bytes_and_locks_are_released(l1):
+    a, b = adapter(0), adapter(1)
+    ctl = StoreController(l1, [a, b])
+    ks = keys(3)
+    write(l1, ks, fill=9)
+    assert ctl.pending() == 3
+    assert ctl.drain()["pushed"] == 3
+    for adp in (a, b):
+        assert [adp.objects[k] for k in ks] == [bytes([9]) * OBJ] * 3
+        adp.close()
+    assert l1.report_status()["read_locked_count"] == 0
+    assert ctl.report_status()["stored_keys"] == 3 and ctl.pending() == 0
+
+
+def test_temporary_objects_are_never_offered(l1):
+    a = adapter()
+    ctl = StoreController(l1, [a])
+    write(l1, keys(2), temporary=True)
+    assert ctl.pending() == 0 and ctl.drain()["pushed"] == 0 and a.objects == {}
+    a.close()
+
+
+def test_skip_l1_moves_stored_objects_out_of_l1(l1):
+    a = adapter()
+    ctl = StoreController(l1, [a], policy="skip_l1")
+    ks = keys(2)
+    write(l1, ks)
+    ctl.drain()
+    assert not any(l1.contains(k) for k in ks) and set(a.objects) == set(ks)
+    a.close()
+
+
+def test_a_failing_adapter_is_counted_and_never_blocks(l1):
+    a = adapter()
+    a.fail_puts = True
+    ctl = StoreController(l1, [a], policy="skip_l1")
+    ks = keys(2)
+    write(l1, ks)
+    ctl.drain()
+    assert ctl.report_status()["failed_keys"] == 2
+    assert all(l1.contains(k) for k in ks)  # not stored anywhere: stays in L1
+    assert l1.report_status()["read_locked_count"] == 0
+    a.close()
+
+
+def test_keys_evicted_before_the_push_are_skipped(l1):
+    a = adapter()
+    ctl = StoreController(l1, [a])
+    ks = keys(2)
+    write(l1, ks)
+    l1.delete(ks[:1])
+    ctl.drain()
+    assert set(a.objects) == {ks[1]} and ctl.report_status()["skipped_keys"] == 1
+    a.close()
+
+
+def test_a_bounded_queue_drops_the_oldest(l1):
+    a = adapter()
+    ctl = StoreController(l1, [a], max_queued_keys=2)
+    ks = keys(3)
+    write(l1, ks)
+    ctl.drain()
+    assert set(a.objects) == set(ks[1:]) and ctl.report_status()["dropped_keys"] == 1
+    a.close()
+
+
+class _MemoryPlugin:
+    """Registers the 'memory' adapter type, as an L2 plugin does."""
+
+    class Config(L2AdapterConfig, kw_only=True, forbid_unknown_fields=True):
+        note: str = ""
+
+    @staticmethod
+    @hookimpl
+    def lmcache_register_l2_adapters(register):
+        register("memory", _MemoryPlugin.Config, lambda config, context: MemoryAdapter(config, context))
+
+
+def test_the_server_wires_adapters_from_l2_adapter_config(lmcache_server_factory):
+    from lmcache_core.client import LMCacheClient, make_key
+    from lmcache_core.testing import free_port
+    from lmcache_core.transfer.client_kv import WorkerKVCache
+
+    port = free_port()
+    server = lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
+        "mp": MPConfig(host="127.0.0.1", port=port),
+        "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory", "note": "x"}]),
+    })
+    adapter_obj = server.storage.l2_adapters[0]
+    kv = WorkerKVCache(2, (2, 64, 16, 2, 8))
+    client = LMCacheClient(f"tcp://127.0.0.1:{port}")
+    try:
+        kv.layers[0].fill_(3)
+        client.register_kv_cache(1, kv.descriptors(), "m", 1, {"kv_layout": "NHD"})
+        assert client.store(make_key(list(range(512)), "r", model_name="m", worker_id=0), 1,
+                            [list(range(32))]) == (b"", True)
+        deadline = time.monotonic() + 10
+        while len(adapter_obj.objects) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the write-behind thread runs every 20 ms
+        assert len(adapter_obj.objects) == 2
+        status = server.status()["storage_manager"]
+        assert status["num_l2_adapters"] == 1 and status["l2_adapters"][0]["stored_object_count"] == 2
+        object_nbytes = 2 * 2 * 256 * 16 * 2  # [K/V, layers, tokens, hidden] fp16
+        assert server.storage.quotas.usage_bytes("") == 4 * object_nbytes  # 2 in L1 + 2 in L2
+    finally:
+        client.close()
+        kv.close()
+
+
+def test_an_invalid_adapter_config_fails_startup_naming_its_position(lmcache_server_factory):
+    with pytest.raises(ValueError, match=r"--l2-adapter #0 \(memory\): invalid config"):
+        lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
+            "storage_manager": StorageManagerConfig(l2_adapter=[{"type": "memory", "bogus": 1}])}, start=False)
