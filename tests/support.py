@@ -24,6 +24,7 @@ def subprocess_env(extra_paths: list[Path], **env: str) -> dict[str, str]:
 
 # -- a small real L2 adapter (objects in a dict), for tests of the L2 machinery ------------
 
+from lmcache_core.keys import ObjectKey  # noqa: E402
 from lmcache_core.storage.l2.base import L2Adapter  # noqa: E402
 
 
