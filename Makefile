@@ -12,7 +12,9 @@ STAMP  := $(VENV)/.installed
 
 HTTP_HOST ?= 127.0.0.1
 HTTP_PORT ?= 8080
-RUN_ARGS  ?= --http-host $(HTTP_HOST) --http-port $(HTTP_PORT) --l1-size-gb 1
+# The embedded default: 1 GB L1 and an FS L2 under ./.lmcache/ (stores are written behind to it).
+RUN_ARGS  ?= --http-host $(HTTP_HOST) --http-port $(HTTP_PORT) --l1-size-gb 1 \
+             --l2-adapter '{"type":"fs","base_path":".lmcache"}'
 PYTEST_ARGS ?=
 
 .PHONY: install run test bench interop clean

@@ -1,6 +1,18 @@
-"""The ``fs`` L2 adapter plugin. Installed and discovered like every plugin; it registers no adapter type yet.
+"""The ``fs`` L2 adapter plugin: registers the filesystem adapter type.
 
-The adapter (type name ``fs``) arrives with the L2 issue that builds it; until then
-this plugin loads, shows in ``GET /plugins`` with no hooks, and ``--l2-adapter`` with
-``"type": "fs"`` is refused at startup as an unknown type.
+``--l2-adapter '{"type": "fs", "base_path": "/data/l2"}'`` then builds an
+:class:`~lmcache_plugin_fs.adapter.FSL2Adapter`; see that module for the
+config keys, the on-disk format (LMCache's) and the write guarantees.
 """
+
+from __future__ import annotations
+
+from lmcache_core import hookimpl
+from lmcache_core.hookspecs import RegisterL2Adapter
+from lmcache_plugin_fs.adapter import TYPE_NAME, FSAdapterConfig, make_adapter
+
+
+@hookimpl
+def lmcache_register_l2_adapters(register: RegisterL2Adapter) -> None:
+    """Declare type ``fs``: config :class:`FSAdapterConfig`, factory ``(config, context) -> FSL2Adapter``."""
+    register(TYPE_NAME, FSAdapterConfig, make_adapter)
