@@ -38,6 +38,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/lmcache-server bench all
+	$(BIN)/python -m lmcache_plugin_fs.bench
 
 # Interoperability with the real LMCache 0.5.6 (installed in its own venv when missing;
 # it is never a dependency of lmcache-server). PEER_DIR: the steering repo's peer scripts.

@@ -6,15 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from lmcache_core.testing import free_port
+from lmcache_core.testing import free_port, wait_http
 
 PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
 PEER_ENV = {"LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "PYTHONWARNINGS": "ignore"}
@@ -33,25 +31,11 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as r:  # noqa: S310 (loopback)
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} not healthy within {timeout}s")
-
-
 def _serve(cmd: list[str], env: dict[str, str], zp: int, hp: int, log: Path) -> Iterator[Served]:
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait(f"http://127.0.0.1:{hp}/healthcheck", proc)
+        wait_http(f"http://127.0.0.1:{hp}/healthcheck", proc, timeout_s=120)
         yield Served(f"tcp://127.0.0.1:{zp}", f"http://127.0.0.1:{hp}", proc)
     finally:
         try:

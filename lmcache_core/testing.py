@@ -137,6 +137,33 @@ def write_dist(root: Path, dist_name: str, entry_points: dict[str, str], version
     return info
 
 
+def wait_http(url: str, proc: Any = None, *, expect: int = 200, timeout_s: float = 60.0,
+              poll_s: float = 0.01) -> None:
+    """Wait until ``url`` answers ``expect`` (a server starting up); fail early if ``proc`` exits.
+
+    Bounded by ``timeout_s``; raises ``RuntimeError`` on timeout or when the process died.
+    """
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 (loopback)
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            status = None
+        if status == expect:
+            return
+        time.sleep(poll_s)
+    raise RuntimeError(f"{url} did not answer {expect} within {timeout_s}s")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

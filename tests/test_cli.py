@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from support import subprocess_env
 from lmcache_core.cli import build_configs, build_parser
 from lmcache_core.plugins import PluginHost
-from lmcache_core.testing import free_port, write_dist
+from lmcache_core.testing import free_port, wait_http, write_dist
 
 LAUNCHER = [sys.executable, "-m", "lmcache_core.cli"]
 
@@ -148,20 +147,6 @@ def test_plugins_subcommand_prints_the_table(tmp_path):
     assert "NOT SELECTED: metrics" in proc.stdout
 
 
-def wait_for_status(url: str, proc: subprocess.Popen, expect: int = 200, deadline_s: float = 60.0) -> None:
-    """Wait until the child server answers ``url`` with ``expect`` (it is starting up)."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server died"
-        try:
-            if httpx.get(url, timeout=1.0).status_code == expect:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer {expect} within {deadline_s}s")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_server_serves_then_shuts_down_cleanly_on_signal(tmp_path, sig):
     write_dist(tmp_path, "lmcache-fixture-everything", {"everything": "everything"})
@@ -171,7 +156,7 @@ def test_server_serves_then_shuts_down_cleanly_on_signal(tmp_path, sig):
     proc = subprocess.Popen(LAUNCHER + ["--port", str(free_port())], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_status(f"http://127.0.0.1:{port}/healthcheck", proc)
+        wait_http(f"http://127.0.0.1:{port}/healthcheck", proc)
         assert httpx.get(f"http://127.0.0.1:{port}/fixture/hello").json() == {"hello": "fixture"}
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == 0

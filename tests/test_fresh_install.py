@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lmcache_core.testing import free_port
-from test_cli import wait_for_status
+from lmcache_core.testing import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,7 @@ def test_core_alone_installs_and_serves_plugins_listing(tmp_path):
                              str(free_port())], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     try:
-        wait_for_status(f"http://127.0.0.1:{port}/plugins", proc, expect=200)
+        wait_http(f"http://127.0.0.1:{port}/plugins", proc)
         listing = httpx.get(f"http://127.0.0.1:{port}/plugins").json()
         assert {p["name"] for p in listing["plugins"]} == {"core.eviction", "core.routes", "core.engine"}
         assert listing["failed"] == []

@@ -22,14 +22,13 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmcache_core.client import LMCacheClient, make_key
-from lmcache_core.testing import free_port
+from lmcache_core.testing import free_port, wait_http
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
 PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
@@ -44,26 +43,11 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[Any], timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 (loopback)
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not healthy within {timeout_s}s")
-
-
 def _start(cmd: list[str], http_port: int, env: dict[str, str]) -> subprocess.Popen[Any]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        _wait_healthy(f"http://127.0.0.1:{http_port}/healthcheck", proc)
+        wait_http(f"http://127.0.0.1:{http_port}/healthcheck", proc, timeout_s=120)
     except BaseException:
         _stop(proc)
         raise
