@@ -63,6 +63,15 @@ def ours(tmp_path: Path) -> Iterator[Served]:
 
 
 @pytest.fixture
+def ours_with_fs(tmp_path: Path) -> Iterator[Served]:
+    zp, hp = free_port(), free_port()
+    adapter = '{"type": "fs", "base_path": "%s"}' % (tmp_path / "l2")
+    yield from _serve([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
+                       "--http-port", str(hp), "--l1-size-gb", "1", "--log-level", "WARNING",
+                       "--l2-adapter", adapter], _clean_env(), zp, hp, tmp_path / "ours.log")
+
+
+@pytest.fixture
 def theirs(tmp_path: Path, peer_python: Path) -> Iterator[Served]:
     zp, hp = free_port(), free_port()
     yield from _serve([str(peer_python.parent / "lmcache"), "server", "--host", "127.0.0.1", "--port", str(zp),

@@ -49,8 +49,9 @@ def test_real_bench_server_passes_against_lmcache_server(ours, peer_python, mode
     assert lock_hygiene(ours.http_url) == {"read_locked": 0, "write_locked": 0, "lookup_locked": 0, "sessions": 0}
 
 
-def run_peer_client(peer_python: Path, zmq_url: str) -> dict:
-    proc = subprocess.run([str(peer_python), str(HERE / "peer_client.py"), zmq_url], capture_output=True,
+def run_peer_client(peer_python: Path, zmq_url: str, http_url: str | None = None) -> dict:
+    proc = subprocess.run([str(peer_python), str(HERE / "peer_client.py"), zmq_url, *([http_url] if http_url else [])],
+                          capture_output=True,
                           text=True, timeout=300, env=_clean_env(**PEER_ENV))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -70,3 +71,11 @@ def test_same_workload_gives_the_same_answers_on_the_real_server(theirs, peer_py
     # The workload script is checked against LMCache itself, so its expectations are LMCache's.
     result = run_peer_client(peer_python, theirs.zmq_url)
     assert result["failed"] == {} and result["returncode"] == 0, result
+
+
+def test_real_client_hits_from_the_fs_l2_after_clear_cache(ours_with_fs, peer_python):
+    result = run_peer_client(peer_python, ours_with_fs.zmq_url, ours_with_fs.http_url)
+    assert result["failed"] == {} and result["returncode"] == 0, result
+    assert result["checks"]["l2_lookup_hits"] == 2 and result["checks"]["l2_bytes_equal"] is True
+    assert lock_hygiene(ours_with_fs.http_url) == {"read_locked": 0, "write_locked": 0, "lookup_locked": 0,
+                                                   "sessions": 0}

@@ -41,9 +41,11 @@ class LookupTracker:
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._results: dict[str, int] = {}
+        self._pending: set[str] = set()  # lookups still loading from L2: QUERY answers None
+        self._done = threading.Condition(self._lock)
 
     def lookup(self, request_id: str, chunk_keys: Sequence[Sequence[ObjectKey]], readers: int,
-               owner: bytes | None = None) -> int:
+               owner: bytes | None = None, *, pending: bool = False) -> int:
         """Lock the leading run of fully present chunks ``readers`` times; record and return its length.
 
         ``chunk_keys[i]`` are all the objects chunk ``i`` needs (every rank,
@@ -71,13 +73,50 @@ class LookupTracker:
                     record.remaining[k] = record.remaining.get(k, 0) + readers
             if len(record.chunk_keys) < hits:
                 record.chunk_keys = [list(keys) for keys in chunk_keys[:hits]]
-            self._results[request_id] = hits
+            if pending:  # the L2 part follows: the result is known when complete() is called
+                self._pending.add(request_id)
+                self._results.pop(request_id, None)
+            else:
+                self._pending.discard(request_id)
+                self._results[request_id] = hits
         return hits
 
-    def take_result(self, request_id: str) -> int:
-        """The hit count of the request's last lookup, once; 0 when unknown or already taken."""
+    def complete(self, request_id: str, l1_hits: int, loaded: Sequence[Sequence[ObjectKey]], readers: int) -> int:
+        """The L2 part of a pending lookup finished: ``loaded`` chunks (already locked ``readers``
+        times in L1) follow the ``l1_hits`` chunks found in L1; the result becomes answerable."""
         with self._lock:
+            record = self._records.setdefault(request_id, _Record())
+            for keys in loaded:
+                for k in keys:
+                    record.remaining[k] = record.remaining.get(k, 0) + readers
+            record.chunk_keys = record.chunk_keys[:l1_hits] + [list(keys) for keys in loaded]
+            hits = l1_hits + len(loaded)
+            if not record.remaining:
+                self._records.pop(request_id, None)
+            self._pending.discard(request_id)
+            self._results[request_id] = hits
+            self._done.notify_all()
+        return hits
+
+    def take_result(self, request_id: str) -> int | None:
+        """The hit count of the request's last lookup, once; None while it is loading from L2;
+        0 when unknown or already taken."""
+        with self._lock:
+            if request_id in self._pending:
+                return None
             return self._results.pop(request_id, 0)
+
+    def wait_result(self, request_id: str, timeout: float) -> int | None:
+        """:meth:`take_result`, waiting up to ``timeout`` seconds for a pending lookup."""
+        with self._lock:
+            self._done.wait_for(lambda: request_id not in self._pending, timeout=max(0.0, timeout))
+            if request_id in self._pending:
+                return None
+            return self._results.pop(request_id, 0)
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
 
     def has_result(self, request_id: str) -> bool:
         with self._lock:
@@ -159,5 +198,6 @@ class LookupTracker:
             return sum(len(r.remaining) for r in self._records.values())
 
     def pending_results(self) -> int:
+        """Lookups whose result has not been taken yet (loading or answerable)."""
         with self._lock:
-            return len(self._results)
+            return len(self._results) + len(self._pending)

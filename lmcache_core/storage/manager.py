@@ -19,6 +19,7 @@ from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.eviction_controller import EvictionController, PolicyFeeder
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.base import L2Adapter, L2AdapterContext
+from lmcache_core.storage.l2.prefetch_controller import PrefetchController
 from lmcache_core.storage.l2.store_controller import StoreController
 from lmcache_core.storage.quota import QuotaManager
 
@@ -94,6 +95,11 @@ class StorageManager:
             self.l1.close()
             raise
         self.store_controller = StoreController(self.l1, self.l2_adapters, policy=config.l2_store_policy)
+        self.prefetch: PrefetchController | None = None
+        if self.l2_adapters:
+            self.prefetch = PrefetchController(self.l1, self.l2_adapters,
+                                               max_in_flight=config.l2_prefetch_max_in_flight,
+                                               retain=config.l2_prefetch_policy == "retain")
         self._threads: PeriodicThreadRegistry | None = None
 
     def start(self, threads: PeriodicThreadRegistry) -> None:
@@ -116,6 +122,7 @@ class StorageManager:
             "l1_manager": l1,
             "l1_eviction_controller": eviction,
             "store_controller": self.store_controller.report_status(),
+            "prefetch_controller": self.prefetch.report_status() if self.prefetch is not None else None,
             "l2_adapters": l2,
             "num_l2_adapters": len(l2),
         }
@@ -125,6 +132,8 @@ class StorageManager:
         if self._threads is not None:
             self._threads.unregister(L1_EVICTION_THREAD, stop=True)
             self._threads.unregister(L2_STORE_THREAD, stop=True)
+        if self.prefetch is not None:
+            self.prefetch.close()
         for adapter in self.l2_adapters:
             adapter.close()
         self.l1.close()

@@ -148,7 +148,7 @@ class DataPath:
             # work, less than a hand-off to a pool and back costs (LOOKUP p50 is the target).
             Op.LOOKUP: HandlerSpec(self.op_lookup, s, None),
             Op.QUERY_PREFETCH_STATUS: HandlerSpec(self.op_query_prefetch_status, s, 0),
-            Op.WAIT_PREFETCH_STATUS: HandlerSpec(self.op_query_prefetch_status, n, 0),
+            Op.WAIT_PREFETCH_STATUS: HandlerSpec(self.op_wait_prefetch_status, n, 0),
             Op.FREE_LOOKUP_LOCKS: HandlerSpec(self.op_free_lookup_locks, s, None),
             Op.END_SESSION: HandlerSpec(self.op_end_session, n, None),
             Op.CLEAR: HandlerSpec(self.op_clear, n, None),
@@ -484,7 +484,17 @@ class DataPath:
                 hashes = self._hashes(key, 0, end)
                 ranks = kv_ranks_for_world(key.world_size)
                 chunk_keys = [[ObjectKey(h, key.model_name, r, 0, key.cache_salt) for r in ranks] for h in hashes]
-                hits = self.lookups.lookup(key.request_id, chunk_keys, key.num_kv_readers, owner=identity)
+                prefetch = self.server.storage.prefetch if self.server.storage is not None else None
+                nbytes = self._object_nbytes(key.model_name, key.world_size)
+                l2 = prefetch is not None and nbytes is not None
+                hits = self.lookups.lookup(key.request_id, chunk_keys, key.num_kv_readers, owner=identity,
+                                           pending=l2)
+                if l2 and hits < len(chunk_keys):
+                    rid, readers, l1_hits = key.request_id, key.num_kv_readers, hits
+                    prefetch.submit(chunk_keys[hits:], nbytes, readers,  # type: ignore[union-attr,arg-type]
+                                    lambda loaded: self.lookups.complete(rid, l1_hits, loaded, readers))
+                elif l2:
+                    self.lookups.complete(key.request_id, hits, [], key.num_kv_readers)
                 return None
         except (RequestRejected, InvalidKeyError, ValueError) as exc:
             logger.debug("lookup rejected: %s", exc)
@@ -492,8 +502,24 @@ class DataPath:
         assert hits == 0
         return None
 
-    def op_query_prefetch_status(self, args: Any, identity: bytes) -> int:
+    def op_query_prefetch_status(self, args: Any, identity: bytes) -> int | None:
+        """Hit chunks once the lookup is done (exactly once), None while it loads from L2, 0 if unknown."""
         return self.lookups.take_result(args.request_id)
+
+    def op_wait_prefetch_status(self, args: m.WaitPrefetchStatusArgs, identity: bytes) -> int | None:
+        """As QUERY, waiting up to ``timeout`` seconds (capped at 60) for a lookup still loading."""
+        return self.lookups.wait_result(args.request_id, min(max(args.timeout, 0.0), 60.0))
+
+    def _object_nbytes(self, model_name: str, world_size: int) -> int | None:
+        """The chunk object size of a registered (model, world size), from any of its workers."""
+        with self._lock:
+            for w in self._workers.values():
+                if w.kv.model_name == model_name and w.kv.world_size == world_size:
+                    return w.kv.object_nbytes
+            for e in self._engine_driven.values():
+                if e.model_name == model_name and e.world_size == world_size:
+                    return e.object_nbytes
+        return None
 
     def op_free_lookup_locks(self, args: m.KeyTpArgs, identity: bytes) -> None:
         key = args.key

@@ -1,0 +1,117 @@
+"""LOOKUP reading from L2 through a live server: store, clear L1, lookup hits from L2, retrieve bytes equal."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from support import MemoryAdapter
+
+from lmcache_core import hookimpl
+from lmcache_core.client import LMCacheClient, make_key
+from lmcache_core.config import MPConfig, StorageManagerConfig
+from lmcache_core.storage.l2.base import L2AdapterConfig
+from lmcache_core.testing import free_port
+from lmcache_core.transfer.client_kv import WorkerKVCache
+from lmcache_core.transport.wire import Op
+
+MODEL = "m"
+BPC = 16
+
+
+class _MemoryPlugin:
+    class Config(L2AdapterConfig, kw_only=True, forbid_unknown_fields=True):
+        pass
+
+    @staticmethod
+    @hookimpl
+    def lmcache_register_l2_adapters(register):
+        register("memory", _MemoryPlugin.Config, lambda config, context: MemoryAdapter(config, context))
+
+
+@pytest.fixture
+def live(lmcache_server_factory):
+    port = free_port()
+    server = lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
+        "mp": MPConfig(host="127.0.0.1", port=port, worker_reap_timeout_seconds=0),
+        "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory"}]),
+    })
+    kv = WorkerKVCache(2, (2, 64, 16, 2, 8))
+    client = LMCacheClient(f"tcp://127.0.0.1:{port}", timeout_s=20)
+    client.register_kv_cache(1, kv.descriptors(), MODEL, 1, {"kv_layout": "NHD"})
+    gen = torch.Generator().manual_seed(3)
+    for layer in kv.layers:
+        layer.copy_(torch.randn(layer.shape, generator=gen).to(layer.dtype))
+    yield server, client, kv, server.storage.l2_adapters[0]
+    client.close()
+    kv.close()
+
+
+def store_and_flush(server, client, adapter, tokens, rid):
+    assert client.store(make_key(tokens, rid, model_name=MODEL, worker_id=0), 1, [list(range(32))]) == (b"", True)
+    client.end_session(rid)
+    deadline = time.monotonic() + 10
+    while server.storage.store_controller.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)  # the write-behind thread drains every 20 ms
+    while len(adapter.objects) < len(tokens) // 256 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(adapter.objects) >= len(tokens) // 256
+
+
+def test_after_clearing_l1_lookup_hits_from_l2_and_retrieve_is_byte_equal(live):
+    server, client, kv, adapter = live
+    tokens = list(range(512))
+    store_and_flush(server, client, adapter, tokens, "w")
+    expected = [layer[:, :32].clone() for layer in kv.layers]
+    client.clear(True)
+    assert server.storage.l1.report_status()["total_object_count"] == 0
+    assert client.lookup(make_key(tokens, "r", model_name=MODEL)) == 2
+    for layer in kv.layers:
+        layer[:, 32:].zero_()
+    assert client.retrieve(make_key(tokens, "r", model_name=MODEL, worker_id=0), 1, [list(range(32, 64))]) == \
+        (b"", True)
+    assert all(torch.equal(layer[:, 32:64], e) for layer, e in zip(kv.layers, expected))
+    client.end_session("r")
+    status = server.status()
+    assert status["lookup_locked_objects"] == 0
+    assert status["storage_manager"]["l1_manager"]["read_locked_count"] == 0
+    assert status["storage_manager"]["l1_manager"]["total_object_count"] == 0  # temporaries freed after the read
+    assert status["storage_manager"]["l2_adapters"][0]["locked_key_count"] == 0
+
+
+def test_l2_hits_are_trimmed_to_the_contiguous_prefix(live):
+    server, client, kv, adapter = live
+    tokens = list(range(768))
+    assert client.store(make_key(tokens, "w", model_name=MODEL, worker_id=0), 1, [list(range(48))]) == (b"", True)
+    client.end_session("w")
+    deadline = time.monotonic() + 10
+    while len(adapter.objects) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stored = list(adapter.objects)
+    client.clear(True)
+    # drop the second chunk from L2: find it by hashing as the server does
+    from lmcache_core.hashing import TokenHasher
+
+    second = TokenHasher(256).hash_chunks(tokens)[1]
+    gone = [k for k in stored if k.chunk_hash == second]
+    assert len(gone) == 1
+    adapter.objects.pop(gone[0])
+    assert client.lookup(make_key(tokens, "r", model_name=MODEL)) == 1
+    client.end_session("r")
+    assert server.status()["storage_manager"]["l2_adapters"][0]["locked_key_count"] == 0
+    assert server.status()["storage_manager"]["l1_manager"]["read_locked_count"] == 0
+
+
+def test_wait_prefetch_status_and_misses(live):
+    server, client, kv, adapter = live
+    tokens = list(range(512))
+    client.call(Op.LOOKUP, make_key(tokens, "nothing", model_name=MODEL), 1)
+    assert client.call(Op.WAIT_PREFETCH_STATUS, "nothing", 5.0) == 0
+    assert client.call(Op.WAIT_PREFETCH_STATUS, "nothing", 0.1) == 0  # consumed: unknown now
+    store_and_flush(server, client, adapter, tokens, "w")
+    client.clear(True)
+    client.call(Op.LOOKUP, make_key(tokens, "x", model_name=MODEL), 1)
+    assert client.call(Op.WAIT_PREFETCH_STATUS, "x", 10.0) == 2
+    client.end_session("x")
+    assert server.status()["storage_manager"]["l1_manager"]["read_locked_count"] == 0
