@@ -115,3 +115,33 @@ def test_wait_prefetch_status_and_misses(live):
     assert client.call(Op.WAIT_PREFETCH_STATUS, "x", 10.0) == 2
     client.end_session("x")
     assert server.status()["storage_manager"]["l1_manager"]["read_locked_count"] == 0
+
+
+def test_with_skip_l1_stored_chunks_leave_l1_and_still_hit(lmcache_server_factory):
+    port = free_port()
+    server = lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
+        "mp": MPConfig(host="127.0.0.1", port=port, worker_reap_timeout_seconds=0),
+        "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory"}],
+                                                l2_store_policy="skip_l1"),
+    })
+    kv = WorkerKVCache(2, (2, 64, 16, 2, 8))
+    client = LMCacheClient(f"tcp://127.0.0.1:{port}", timeout_s=20)
+    try:
+        kv.layers[1].fill_(5)
+        client.register_kv_cache(1, kv.descriptors(), MODEL, 1, {"kv_layout": "NHD"})
+        tokens = list(range(512))
+        client.store(make_key(tokens, "w", model_name=MODEL, worker_id=0), 1, [list(range(32))])
+        client.end_session("w")
+        deadline = time.monotonic() + 10
+        while server.storage.l1.report_status()["total_object_count"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # written behind, then dropped from L1
+        assert server.storage.l1.report_status()["total_object_count"] == 0
+        assert client.lookup(make_key(tokens, "r", model_name=MODEL)) == 2
+        kv.layers[1][:, 32:].zero_()
+        assert client.retrieve(make_key(tokens, "r", model_name=MODEL, worker_id=0), 1,
+                               [list(range(32, 64))])[1] is True
+        assert torch.equal(kv.layers[1][:, 32:64], kv.layers[1][:, :32])
+        client.end_session("r")
+    finally:
+        client.close()
+        kv.close()

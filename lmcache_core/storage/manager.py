@@ -19,6 +19,7 @@ from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.eviction_controller import EvictionController, PolicyFeeder
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.base import L2Adapter, L2AdapterContext
+from lmcache_core.storage.l2.eviction import AdapterTier, L2PolicyFeeder
 from lmcache_core.storage.l2.prefetch_controller import PrefetchController
 from lmcache_core.storage.l2.store_controller import StoreController
 from lmcache_core.storage.quota import QuotaManager
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 GIB = 1 << 30
 L1_EVICTION_THREAD = "l1-eviction-controller"
 L2_STORE_THREAD = "l2-store-controller"
+L2_EVICTION_THREAD = "l2-eviction-controller"
 L2_STORE_INTERVAL_S = 0.02
 L1_EVICTION_INTERVAL_S = 0.05  # slices of a trigger's eviction; triggers at most once a second
 
@@ -83,10 +85,12 @@ class StorageManager:
             on_tick=metrics.record_eviction_tick if enable_metrics else None,
         )
         self.l2_adapters: list[L2Adapter] = []
+        self.l2_eviction: list[EvictionController] = []
         try:
             for index, (type_name, l2_config) in enumerate(l2_configs):
                 adapter = l2_types.get(type_name).factory(l2_config, L2AdapterContext(index, type_name))  # type: ignore
                 self.l2_adapters.append(adapter)
+                self._wire_l2_eviction(adapter, policies)  # before start(): recovered keys feed the policy
                 adapter.start()
                 self.quotas.register_usage_provider(f"l2:{index}", adapter.usage_by_salt)
         except BaseException:
@@ -102,12 +106,31 @@ class StorageManager:
                                                retain=config.l2_prefetch_policy == "retain")
         self._threads: PeriodicThreadRegistry | None = None
 
+    def _wire_l2_eviction(self, adapter: L2Adapter, policies: Registry) -> None:
+        ev = getattr(adapter.config, "eviction", None)
+        if ev is None:
+            return
+        policy: EvictionPolicy = policies.get(ev.eviction_policy)()
+        if not policy.supports_isolation and adapter.max_capacity_bytes <= 0:
+            logger.warning("L2 %s #%d: eviction policy %s needs max_capacity_gb > 0; not evicting",
+                           adapter.type_name, adapter.index, ev.eviction_policy)
+            return
+        adapter.register_listener(L2PolicyFeeder(policy))
+        self.l2_eviction.append(EvictionController(
+            AdapterTier(adapter), policy, watermark=ev.trigger_watermark, ratio=ev.eviction_ratio,
+            quotas=self.quotas, name=f"l2:{adapter.index}"))
+
+    def _l2_eviction_tick(self) -> dict[str, Any]:
+        return {c.name: c.tick()["evicted"] for c in self.l2_eviction}
+
     def start(self, threads: PeriodicThreadRegistry) -> None:
         """Register and start the background loops."""
         self._threads = threads
         threads.create(L1_EVICTION_THREAD, L1_EVICTION_INTERVAL_S, self.l1_eviction.tick, level=ThreadLevel.HIGH)
         if self.l2_adapters:
             threads.create(L2_STORE_THREAD, L2_STORE_INTERVAL_S, self.store_controller.drain, level=ThreadLevel.HIGH)
+        if self.l2_eviction:
+            threads.create(L2_EVICTION_THREAD, L1_EVICTION_INTERVAL_S, self._l2_eviction_tick, level=ThreadLevel.HIGH)
 
     def report_status(self) -> dict[str, Any]:
         """The ``storage_manager`` section of ``/status``."""
@@ -123,6 +146,10 @@ class StorageManager:
             "l1_eviction_controller": eviction,
             "store_controller": self.store_controller.report_status(),
             "prefetch_controller": self.prefetch.report_status() if self.prefetch is not None else None,
+            "l2_eviction_controller": {"adapters": [
+                {**c.report_status(), "adapter_index": c.tier.adapter.index,  # type: ignore[attr-defined]
+                 "total_bytes_used": c.tier.get_memory_usage()[0],
+                 "total_capacity_bytes": c.tier.get_memory_usage()[1]} for c in self.l2_eviction]},
             "l2_adapters": l2,
             "num_l2_adapters": len(l2),
         }
@@ -132,6 +159,7 @@ class StorageManager:
         if self._threads is not None:
             self._threads.unregister(L1_EVICTION_THREAD, stop=True)
             self._threads.unregister(L2_STORE_THREAD, stop=True)
+            self._threads.unregister(L2_EVICTION_THREAD, stop=True)
         if self.prefetch is not None:
             self.prefetch.close()
         for adapter in self.l2_adapters:
