@@ -145,3 +145,32 @@ def test_with_skip_l1_stored_chunks_leave_l1_and_still_hit(lmcache_server_factor
     finally:
         client.close()
         kv.close()
+
+
+def test_warm_prefetch_loads_retained_objects_without_locks(live):
+    import threading
+
+    server, client, kv, adapter = live
+    tokens = list(range(768))
+    assert client.store(make_key(tokens, "w", model_name=MODEL, worker_id=0), 1, [list(range(48))])[1]
+    client.end_session("w")
+    deadline = time.monotonic() + 10
+    while len(adapter.objects) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    keys = list(adapter.objects)
+    client.clear(True)
+    adapter.objects.pop(keys[1])  # a gap: a warm prefetch loads what is there anyway
+    done = threading.Event()
+    result = {}
+
+    def on_done(found, total):
+        result.update(found=found, total=total)
+        done.set()
+
+    server.storage.prefetch.submit_warm(keys, server.datapath._object_nbytes(MODEL, 1), on_done)
+    assert done.wait(10)
+    assert result == {"found": 2, "total": 3}
+    l1 = server.storage.l1.report_status()
+    assert l1["total_object_count"] == 2 and l1["read_locked_count"] == 0 and l1["temporary_count"] == 0
+    assert server.storage.store_controller.pending() == 0  # not offered back to L2
+    assert server.status()["storage_manager"]["l2_adapters"][0]["locked_key_count"] == 0

@@ -155,3 +155,40 @@ def test_an_invalid_adapter_config_fails_startup_naming_its_position(lmcache_ser
     with pytest.raises(ValueError, match=r"--l2-adapter #0 \(memory\): invalid config"):
         lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
             "storage_manager": StorageManagerConfig(l2_adapter=[{"type": "memory", "bogus": 1}])}, start=False)
+
+
+def test_objects_admitted_from_l2_are_not_offered_back(l1):
+    a = adapter()
+    ctl = StoreController(l1, [a])
+    ks = keys(2)
+    res = l1.reserve_write(ks, OBJ)
+    assert all(r == L1Result.SUCCESS for r in res.results)
+    l1.finish_write(ks, from_l2=True)
+    assert ctl.pending() == 0 and all(l1.contains(k) for k in ks)
+    a.close()
+
+
+def test_a_slow_l2_never_delays_store(l1):
+    import threading
+
+    a = adapter()
+    gate = threading.Event()
+    original = a._put
+
+    def slow_put(key, data):
+        gate.wait(10)
+        original(key, data)
+
+    a._put = slow_put
+    ctl = StoreController(l1, [a])
+    drainer = threading.Thread(target=ctl.drain)
+    write(l1, keys(2))
+    drainer.start()
+    # While L2 is stuck, more stores complete at once: nothing on the write path waits for L2.
+    write(l1, keys(2, b"z"))
+    assert all(l1.contains(k) for k in keys(2, b"z"))
+    gate.set()
+    drainer.join(10)
+    ctl.drain()
+    assert len(a.objects) == 4
+    a.close()

@@ -343,11 +343,13 @@ class L1Manager:
         self._flags[oid] = flags
         self._set_lock(oid, 1, expiry)
 
-    def finish_write(self, keys: Sequence[ObjectKey]) -> list[L1Result]:
+    def finish_write(self, keys: Sequence[ObjectKey], *, from_l2: bool = False) -> list[L1Result]:
         """Admit written keys (WRITING -> READY); KEY_NOT_EXIST if absent, KEY_IN_WRONG_STATE if not WRITING.
 
         An expired reservation that was not taken over is still admitted: the
-        writer did finish. Temporary keys are admitted silently.
+        writer did finish. Temporary keys are admitted silently. ``from_l2``
+        (a warm prefetch) admits permanent keys without offering them back to
+        L2: listeners see ``on_keys_created`` only.
         """
         results: list[L1Result] = []
         admitted: list[Any] = []
@@ -373,7 +375,8 @@ class L1Manager:
                 if not f & _TEMPORARY:
                     finished.append(key)
             self._emit("on_keys_created", finished)
-            self._emit("on_keys_write_finished", finished)
+            if not from_l2:
+                self._emit("on_keys_write_finished", finished)
         if admitted and self._metrics:
             metrics.record_write(admitted)
         return results

@@ -56,6 +56,72 @@ class PrefetchController:
             self.submitted += 1
         self._pool.submit(self._run, [list(c) for c in chunk_keys], object_nbytes, readers, on_done)
 
+    def submit_warm(self, keys: Sequence[ObjectKey], object_nbytes: int,
+                    on_done: Callable[[int, int], None]) -> None:
+        """Warm L1 from L2 (``POST /l2/prefetch``): gap-tolerant, no reader locks, objects retained.
+
+        Keys already in L1 are skipped and not counted; ``on_done(found_keys, total_keys)``
+        reports how many keys this job loaded from L2, exactly once.
+        """
+        with self._lock:
+            self.submitted += 1
+        self._pool.submit(self._run_warm, list(keys), object_nbytes, on_done)
+
+    def _run_warm(self, keys: list[ObjectKey], nbytes: int, on_done: Callable[[int, int], None]) -> None:
+        loaded = 0
+        try:
+            loaded = self._warm(keys, nbytes)
+        except Exception:
+            with self._lock:
+                self.failed += 1
+            logger.exception("L2 warm prefetch failed")
+        finally:
+            with self._lock:
+                self.completed += 1
+            try:
+                on_done(loaded, len(keys))
+            except Exception:
+                logger.exception("warm prefetch completion callback failed")
+
+    def _warm(self, keys: list[ObjectKey], nbytes: int) -> int:
+        todo = [k for k in keys if not self.l1.contains(k)]
+        if not todo:
+            return 0
+        hits = [a.lookup_and_lock(todo).result() for a in self.adapters]
+        source: dict[ObjectKey, int] = {}
+        for i, k in enumerate(todo):
+            for a_index, bitmap in enumerate(hits):
+                if bitmap[i]:
+                    source[k] = a_index
+                    break
+        locked_by = [[k for k, hit in zip(todo, bitmap) if hit] for bitmap in hits]
+        try:
+            wanted = [k for k in todo if k in source]
+            reserved = self.l1.reserve_write(wanted, nbytes)  # permanent: a warm prefetch is retained
+            views = {k: v for k, r, v in zip(wanted, reserved.results, reserved.views) if r == L1Result.SUCCESS}
+            per_adapter: dict[int, list[ObjectKey]] = {}
+            for k in views:
+                per_adapter.setdefault(source[k], []).append(k)
+            ok: list[ObjectKey] = []
+            for a, ks in per_adapter.items():
+                try:
+                    results = self.adapters[a].load(ks, [views[k] for k in ks]).result()
+                except Exception:
+                    logger.exception("L2 load failed")
+                    results = [False] * len(ks)
+                ok.extend(k for k, good in zip(ks, results) if good)
+            ok_set = set(ok)
+            bad = [k for k in views if k not in ok_set]
+            if bad:
+                self.l1.delete(bad, force=True)
+            if ok:
+                self.l1.finish_write(ok, from_l2=True)  # came from L2: not offered back to it
+            return len(ok)
+        finally:
+            for a_index, adapter in enumerate(self.adapters):
+                if locked_by[a_index]:
+                    adapter.unlock(locked_by[a_index])
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
 
