@@ -106,3 +106,29 @@ def test_config_validation():
         msgspec.convert({"eviction": {"trigger_watermark": 2}}, L2AdapterConfig)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"unknown": 1}, L2AdapterConfig)
+
+
+def test_lmcache_common_keys_load_and_serde_is_refused_clearly():
+    cfg = msgspec.convert({"persist_enabled": False, "affinity_tag": "x", "shared": True}, L2AdapterConfig)
+    assert (cfg.persist_enabled, cfg.affinity_tag, cfg.shared) == (False, "x", True)
+    with pytest.raises(msgspec.ValidationError, match="serde"):
+        msgspec.convert({"serde": {"type": "fp8"}}, L2AdapterConfig)
+
+
+def test_every_adapter_gets_prometheus_metrics(adapter):
+    from prometheus_client import REGISTRY
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, {"l2_name": "memory:0", **labels}) or 0.0
+
+    before = (value("lmcache_mp_l2_store_completed_objects_total"), value("lmcache_mp_l2_load_completed_objects_total"),
+              value("lmcache_mp_l2_failures_total", op="store"))
+    adapter.store([key(1), key(2)], [torch.ones(16, dtype=torch.uint8)] * 2).result(10)
+    adapter.load([key(1)], [torch.zeros(16, dtype=torch.uint8)]).result(10)
+    adapter.fail_puts = True
+    adapter.store([key(3)], [torch.ones(16, dtype=torch.uint8)]).result(10)
+    after = (value("lmcache_mp_l2_store_completed_objects_total"), value("lmcache_mp_l2_load_completed_objects_total"),
+             value("lmcache_mp_l2_failures_total", op="store"))
+    assert tuple(a - b for a, b in zip(after, before)) == (2.0, 1.0, 1.0)
+    assert value("lmcache_mp_l2_usage_bytes") == 32.0
+    assert adapter.reconfigurable is False

@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 
 from lmcache_core.keys import EncodedObjectKey, ObjectKey
+from lmcache_core.storage.l2 import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,26 @@ class EvictionConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class L2AdapterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Keys every adapter type accepts; a type's config Struct subclasses this."""
+    """Keys every adapter type accepts; a type's config Struct subclasses this.
+
+    ``persist_enabled``, ``affinity_tag`` and ``shared`` are LMCache's common keys,
+    accepted so its ``--l2-adapter`` JSON loads unchanged; they change nothing here
+    yet. ``serde`` (LMCache's fp8 wrapper) is refused: silently storing full-width
+    objects where fp8 was asked for would change what the L2 holds.
+    """
 
     max_capacity_gb: float = 0.0  # 0: unknown or unbounded (no global eviction)
     eviction: EvictionConfig | None = None
+    persist_enabled: bool = True
+    affinity_tag: str = "_default"
+    shared: bool = False
+    serde: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.max_capacity_gb >= 0:
             raise ValueError("max_capacity_gb must be >= 0")
+        if self.serde is not None:
+            raise ValueError("'serde' (LMCache's serialising wrapper) is not supported by lmcache-server")
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,22 @@ class ListingNotSupported(NotImplementedError):
     """This adapter type cannot enumerate what it stores."""
 
 
+class Reconfigurable(abc.ABC):
+    """Optional runtime reconfiguration (``/reconfigure/...``): an adapter class may also derive from this."""
+
+    @abc.abstractmethod
+    def reconfigure_operations(self) -> list[str]:
+        """The operation names this adapter accepts (e.g. ``add``, ``remove``, ``resize``)."""
+
+    @abc.abstractmethod
+    def reconfigure(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply one operation; ValueError for a bad request, RuntimeError when it cannot be done now."""
+
+    @abc.abstractmethod
+    def reconfigure_status(self) -> dict[str, Any]:
+        """The adapter's reconfigurable state."""
+
+
 class L2Listener:
     """Observer of an adapter's key events (base methods do nothing); must not block."""
 
@@ -152,6 +181,7 @@ class L2Adapter(abc.ABC):
         self._listeners: list[L2Listener] = []
         self.failures = {"store": 0, "lookup": 0, "load": 0, "delete": 0}
         self._closed = False
+        self.l2_name = f"{context.type_name}:{context.index}"
 
     # -- the author's surface --------------------------------------------------------------
 
@@ -254,6 +284,11 @@ class L2Adapter(abc.ABC):
         with self._lock:
             return key not in self._locks
 
+    @property
+    def reconfigurable(self) -> bool:
+        """Whether this adapter implements :class:`Reconfigurable`."""
+        return isinstance(self, Reconfigurable)
+
     def report_status(self) -> dict[str, Any]:
         with self._lock:
             doc = {
@@ -300,6 +335,10 @@ class L2Adapter(abc.ABC):
         if gone:
             self._notify("on_l2_keys_deleted", gone)
 
+    def _failed(self, op: str) -> None:
+        self.failures[op] += 1
+        metrics.L2_FAILURES.labels(self.l2_name, op).inc()
+
     def _adjust(self, salt: str, delta: int) -> None:
         left = self._bytes_by_salt.get(salt, 0) + delta
         if left < 0:
@@ -311,6 +350,7 @@ class L2Adapter(abc.ABC):
         else:
             self._bytes_by_salt.pop(salt, None)
         self._total = max(0, self._total + delta)
+        metrics.L2_USAGE_BYTES.labels(self.l2_name).set(self._total)
 
     def _store_all(self, keys: list[ObjectKey], objs: list[Any]) -> list[bool]:
         ok: list[bool] = []
@@ -320,7 +360,7 @@ class L2Adapter(abc.ABC):
                 data = as_bytes_view(obj)
                 self._put(k, data)
             except Exception as exc:
-                self.failures["store"] += 1
+                self._failed("store")
                 logger.warning("L2 %s #%d: store failed: %s", self.type_name, self.index, exc)
                 ok.append(False)
                 continue
@@ -328,6 +368,8 @@ class L2Adapter(abc.ABC):
             stored.append(k)
             sizes.append(data.nbytes)
         self._account_stored(stored, sizes, notify=True)
+        if stored:
+            metrics.L2_STORED.labels(self.l2_name).inc(len(stored))
         return ok
 
     def _lookup_all(self, keys: list[ObjectKey]) -> list[bool]:
@@ -336,7 +378,7 @@ class L2Adapter(abc.ABC):
             try:
                 size = self._size(k)
             except Exception as exc:
-                self.failures["lookup"] += 1
+                self._failed("lookup")
                 logger.warning("L2 %s #%d: lookup failed: %s", self.type_name, self.index, exc)
                 size = None
             found.append(size is not None)
@@ -354,8 +396,10 @@ class L2Adapter(abc.ABC):
         for k, buf in zip(keys, bufs):
             try:
                 ok.append(bool(self._get(k, as_bytes_view(buf))))
+                if ok[-1]:
+                    metrics.L2_LOADED.labels(self.l2_name).inc()
             except Exception as exc:
-                self.failures["load"] += 1
+                self._failed("load")
                 logger.warning("L2 %s #%d: load failed: %s", self.type_name, self.index, exc)
                 ok.append(False)
         return ok
@@ -370,8 +414,10 @@ class L2Adapter(abc.ABC):
                 self._remove(k)
                 gone.append(k)
             except Exception as exc:
-                self.failures["delete"] += 1
+                self._failed("delete")
                 logger.warning("L2 %s #%d: delete failed: %s", self.type_name, self.index, exc)
         self._account_deleted(gone)
+        if gone:
+            metrics.L2_DELETED.labels(self.l2_name).inc(len(gone))
         done = set(gone)
         return [k in done and k not in locked for k in keys]
