@@ -62,13 +62,15 @@ def ours(tmp_path: Path) -> Iterator[Served]:
                       _clean_env(), zp, hp, tmp_path / "ours.log")
 
 
-@pytest.fixture
-def ours_with_fs(tmp_path: Path) -> Iterator[Served]:
+@pytest.fixture(params=["default", "skip_l1"])
+def ours_with_fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    """lmcache-server with an FS L2, with each --l2-store-policy."""
     zp, hp = free_port(), free_port()
     adapter = '{"type": "fs", "base_path": "%s"}' % (tmp_path / "l2")
     yield from _serve([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
                        "--http-port", str(hp), "--l1-size-gb", "1", "--log-level", "WARNING",
-                       "--l2-adapter", adapter], _clean_env(), zp, hp, tmp_path / "ours.log")
+                       "--l2-adapter", adapter, "--l2-store-policy", request.param], _clean_env(), zp, hp,
+                      tmp_path / "ours.log")
 
 
 @pytest.fixture
