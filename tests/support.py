@@ -58,3 +58,18 @@ class MemoryAdapter(L2Adapter):
 
     def _recover(self):
         return [(k, len(v)) for k, v in self.objects.items()]
+
+
+class MemoryPlugin:
+    """A plugin registering the 'memory' L2 adapter type (as an L2 plugin does)."""
+
+    from lmcache_core import hookimpl as _hookimpl
+    from lmcache_core.storage.l2.base import L2AdapterConfig as _Base
+
+    class Config(_Base, kw_only=True, forbid_unknown_fields=True):
+        note: str = ""
+
+    @staticmethod
+    @_hookimpl
+    def lmcache_register_l2_adapters(register):
+        register("memory", MemoryPlugin.Config, lambda config, context: MemoryAdapter(config, context))

@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support import MemoryAdapter
+from support import MemoryPlugin
 
-from lmcache_core import hookimpl
 from lmcache_core.config import StorageManagerConfig
 from lmcache_core.keys import ObjectKey
 from lmcache_core.plugins import PluginHost
 from lmcache_core.storage.l1 import L1Result
-from lmcache_core.storage.l2.base import L2AdapterConfig
 from lmcache_core.storage.manager import StorageManager
 
 OBJ = 4096
 GIB = 1 << 30
 
 
-class _MemoryPlugin:
-    class Config(L2AdapterConfig, kw_only=True, forbid_unknown_fields=True):
-        pass
-
-    @staticmethod
-    @hookimpl
-    def lmcache_register_l2_adapters(register):
-        register("memory", _MemoryPlugin.Config, lambda config, context: MemoryAdapter(config, context))
 
 
 def manager(eviction: dict, capacity_objects: int = 0) -> StorageManager:
-    host = PluginHost(load_entry_points=False, extra_plugins=[("memory-l2", _MemoryPlugin())])
+    host = PluginHost(load_entry_points=False, extra_plugins=[("memory-l2", MemoryPlugin())])
     entry = {"type": "memory", "eviction": eviction, "max_capacity_gb": capacity_objects * OBJ / GIB}
     config = StorageManagerConfig(l1_size_gb=0.01, l2_adapter=[entry])
     return StorageManager(config, host.eviction_policies(), l2_types=host.l2_adapter_types(), enable_metrics=False)

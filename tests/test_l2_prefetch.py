@@ -6,12 +6,10 @@ import time
 
 import pytest
 import torch
-from support import MemoryAdapter
+from support import MemoryPlugin
 
-from lmcache_core import hookimpl
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.config import MPConfig, StorageManagerConfig
-from lmcache_core.storage.l2.base import L2AdapterConfig
 from lmcache_core.testing import free_port
 from lmcache_core.transfer.client_kv import WorkerKVCache
 from lmcache_core.transport.wire import Op
@@ -20,20 +18,12 @@ MODEL = "m"
 BPC = 16
 
 
-class _MemoryPlugin:
-    class Config(L2AdapterConfig, kw_only=True, forbid_unknown_fields=True):
-        pass
-
-    @staticmethod
-    @hookimpl
-    def lmcache_register_l2_adapters(register):
-        register("memory", _MemoryPlugin.Config, lambda config, context: MemoryAdapter(config, context))
 
 
 @pytest.fixture
 def live(lmcache_server_factory):
     port = free_port()
-    server = lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
+    server = lmcache_server_factory([("memory-l2", MemoryPlugin())], configs={
         "mp": MPConfig(host="127.0.0.1", port=port, worker_reap_timeout_seconds=0),
         "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory"}]),
     })
@@ -119,7 +109,7 @@ def test_wait_prefetch_status_and_misses(live):
 
 def test_with_skip_l1_stored_chunks_leave_l1_and_still_hit(lmcache_server_factory):
     port = free_port()
-    server = lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
+    server = lmcache_server_factory([("memory-l2", MemoryPlugin())], configs={
         "mp": MPConfig(host="127.0.0.1", port=port, worker_reap_timeout_seconds=0),
         "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory"}],
                                                 l2_store_policy="skip_l1"),

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from support import MemoryAdapter
+from support import MemoryAdapter, MemoryPlugin
 
-from lmcache_core import hookimpl
 from lmcache_core.config import MPConfig, StorageManagerConfig
 from lmcache_core.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager, L1Result
@@ -108,16 +107,6 @@ def test_a_bounded_queue_drops_the_oldest(l1):
     a.close()
 
 
-class _MemoryPlugin:
-    """Registers the 'memory' adapter type, as an L2 plugin does."""
-
-    class Config(L2AdapterConfig, kw_only=True, forbid_unknown_fields=True):
-        note: str = ""
-
-    @staticmethod
-    @hookimpl
-    def lmcache_register_l2_adapters(register):
-        register("memory", _MemoryPlugin.Config, lambda config, context: MemoryAdapter(config, context))
 
 
 def test_the_server_wires_adapters_from_l2_adapter_config(lmcache_server_factory):
@@ -126,7 +115,7 @@ def test_the_server_wires_adapters_from_l2_adapter_config(lmcache_server_factory
     from lmcache_core.transfer.client_kv import WorkerKVCache
 
     port = free_port()
-    server = lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
+    server = lmcache_server_factory([("memory-l2", MemoryPlugin())], configs={
         "mp": MPConfig(host="127.0.0.1", port=port),
         "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory", "note": "x"}]),
     })
@@ -153,7 +142,7 @@ def test_the_server_wires_adapters_from_l2_adapter_config(lmcache_server_factory
 
 def test_an_invalid_adapter_config_fails_startup_naming_its_position(lmcache_server_factory):
     with pytest.raises(ValueError, match=r"--l2-adapter #0 \(memory\): invalid config"):
-        lmcache_server_factory([("memory-l2", _MemoryPlugin())], configs={
+        lmcache_server_factory([("memory-l2", MemoryPlugin())], configs={
             "storage_manager": StorageManagerConfig(l2_adapter=[{"type": "memory", "bogus": 1}])}, start=False)
 
 

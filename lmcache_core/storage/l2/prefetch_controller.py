@@ -35,6 +35,17 @@ logger = logging.getLogger(__name__)
 Done = Callable[[list[list[ObjectKey]]], None]
 
 
+def _plan_sources(keys: Sequence[ObjectKey], hits: Sequence[Sequence[bool]]) -> dict[ObjectKey, int]:
+    """Each found key → the lowest-index adapter that has it."""
+    source: dict[ObjectKey, int] = {}
+    for k_index, key in enumerate(keys):
+        for a_index, bitmap in enumerate(hits):
+            if bitmap[k_index]:
+                source[key] = a_index
+                break
+    return source
+
+
 class PrefetchController:
     """Loads L1 misses from L2 for lookups; ``submit`` never blocks on I/O."""
 
@@ -88,29 +99,14 @@ class PrefetchController:
         if not todo:
             return 0
         hits = [a.lookup_and_lock(todo).result() for a in self.adapters]
-        source: dict[ObjectKey, int] = {}
-        for i, k in enumerate(todo):
-            for a_index, bitmap in enumerate(hits):
-                if bitmap[i]:
-                    source[k] = a_index
-                    break
+        source = _plan_sources(todo, hits)
         locked_by = [[k for k, hit in zip(todo, bitmap) if hit] for bitmap in hits]
         try:
             wanted = [k for k in todo if k in source]
             reserved = self.l1.reserve_write(wanted, nbytes)  # permanent: a warm prefetch is retained
             views = {k: v for k, r, v in zip(wanted, reserved.results, reserved.views) if r == L1Result.SUCCESS}
-            per_adapter: dict[int, list[ObjectKey]] = {}
-            for k in views:
-                per_adapter.setdefault(source[k], []).append(k)
-            ok: list[ObjectKey] = []
-            for a, ks in per_adapter.items():
-                try:
-                    results = self.adapters[a].load(ks, [views[k] for k in ks]).result()
-                except Exception:
-                    logger.exception("L2 load failed")
-                    results = [False] * len(ks)
-                ok.extend(k for k, good in zip(ks, results) if good)
-            ok_set = set(ok)
+            ok_set = self._load_into(views, source)
+            ok = [k for k in views if k in ok_set]
             bad = [k for k in views if k not in ok_set]
             if bad:
                 self.l1.delete(bad, force=True)
@@ -124,6 +120,22 @@ class PrefetchController:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def _load_into(self, views: dict[ObjectKey, Any], source: dict[ObjectKey, int]) -> set[ObjectKey]:
+        """Load each key from its planned adapter into its L1 view; the keys that loaded."""
+        per_adapter: dict[int, list[ObjectKey]] = {}
+        for k in views:
+            per_adapter.setdefault(source[k], []).append(k)
+        futures = {a: self.adapters[a].load(ks, [views[k] for k in ks]) for a, ks in per_adapter.items()}
+        loaded: set[ObjectKey] = set()
+        for a, fut in futures.items():
+            try:
+                results = fut.result()
+            except Exception:
+                logger.exception("L2 load failed")
+                results = [False] * len(per_adapter[a])
+            loaded.update(k for k, ok in zip(per_adapter[a], results) if ok)
+        return loaded
 
     def _run(self, chunks: list[list[ObjectKey]], nbytes: int, readers: int, on_done: Done) -> None:
         with self._lock:
@@ -151,12 +163,7 @@ class PrefetchController:
             return []
         found = [a.lookup_and_lock(flat) for a in self.adapters]
         hits = [f.result() for f in found]
-        source: dict[ObjectKey, int] = {}
-        for k_index, key in enumerate(flat):
-            for a_index, bitmap in enumerate(hits):
-                if bitmap[k_index]:
-                    source[key] = a_index
-                    break
+        source = _plan_sources(flat, hits)
         prefix = 0
         for chunk in chunks:
             if not all(k in source for k in chunk):
@@ -198,18 +205,7 @@ class PrefetchController:
             self.l1.delete(drop, force=True)  # our own write reservations: nobody else can hold them
         if not keep:
             return []
-        per_adapter: dict[int, list[ObjectKey]] = {}
-        for k in keep:
-            per_adapter.setdefault(source[k], []).append(k)
-        futures = {a: self.adapters[a].load(ks, [ok_reserve[k] for k in ks]) for a, ks in per_adapter.items()}
-        loaded_ok: set[ObjectKey] = set()
-        for a, fut in futures.items():
-            try:
-                results = fut.result()
-            except Exception:
-                logger.exception("L2 load failed")
-                results = [False] * len(per_adapter[a])
-            loaded_ok.update(k for k, ok in zip(per_adapter[a], results) if ok)
+        loaded_ok = self._load_into({k: ok_reserve[k] for k in keep}, source)
         good = 0
         for chunk in chunks[:prefix]:
             if not all(k in loaded_ok for k in chunk):
