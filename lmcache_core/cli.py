@@ -69,9 +69,10 @@ def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at column {exc.colno}) in {shown!r}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text[:80]!r}")
     if not isinstance(value.get("type"), str) or not value["type"]:
         raise argparse.ArgumentTypeError('needs a "type" naming the adapter type')
     return value
