@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lmcache_core.testing import free_port, wait_http
+from lmcache_core.testing import free_port, server_process
 
 PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
 PEER_ENV = {"LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "PYTHONWARNINGS": "ignore"}
@@ -32,18 +31,8 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def _serve(cmd: list[str], env: dict[str, str], zp: int, hp: int, log: Path) -> Iterator[Served]:
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{hp}/healthcheck", proc, timeout_s=120)
+    with server_process(cmd, f"http://127.0.0.1:{hp}/healthcheck", env=env, log=log) as proc:
         yield Served(f"tcp://127.0.0.1:{zp}", f"http://127.0.0.1:{hp}", proc)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ import pytest
 import torch
 
 from lmcache_core.client import LMCacheClient, make_key
-from lmcache_core.testing import free_port, wait_http
+from lmcache_core.testing import free_port, server_process
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
 PEER_ENV = {"LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "PYTHONWARNINGS": "ignore"}
@@ -79,21 +78,8 @@ def _adapter(base_path: Path) -> str:
 
 @contextlib.contextmanager
 def _serve(cmd: list[str], env: dict[str, str], zp: int, hp: int, log: Path) -> Iterator[Served]:
-    """Run ``cmd`` until the block ends; SIGTERM its process group then, SIGKILL if it lingers."""
-    with log.open("a") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{hp}/healthcheck", proc, timeout_s=120)
+    with server_process(cmd, f"http://127.0.0.1:{hp}/healthcheck", env=env, log=log) as proc:
         yield Served(f"tcp://127.0.0.1:{zp}", f"http://127.0.0.1:{hp}", proc)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 def serve_ours(base_path: Path, log: Path) -> contextlib.AbstractContextManager[Served]:

@@ -164,6 +164,45 @@ def wait_http(url: str, proc: Any = None, *, expect: int = 200, timeout_s: float
     raise RuntimeError(f"{url} did not answer {expect} within {timeout_s}s")
 
 
+def stop_process_group(proc: Any, timeout_s: float = 30.0) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``); SIGKILL if it lingers."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
+    except ProcessLookupError:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=timeout_s)
+
+
+@contextlib.contextmanager
+def server_process(cmd: list[str], health_url: str, *, env: dict[str, str] | None = None, log: Path | None = None,
+                   timeout_s: float = 120.0) -> Iterator[Any]:
+    """Run a server command in its own process group until the block ends; yields the ``Popen`` once
+    ``health_url`` answers 200. Output goes to ``log`` (or is discarded)."""
+    import subprocess
+
+    out = log.open("a") if log is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+    try:
+        wait_http(health_url, proc, timeout_s=timeout_s)
+        yield proc
+    finally:
+        stop_process_group(proc)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

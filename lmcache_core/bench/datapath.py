@@ -17,9 +17,7 @@ sequence), ``LMCACHE_BENCH_LOOKUPS`` (200), ``LMCACHE_BENCH_LAYERS`` (32).
 from __future__ import annotations
 
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 import torch
 
 from lmcache_core.client import LMCacheClient, make_key
-from lmcache_core.testing import free_port, wait_http
+from lmcache_core.testing import free_port, server_process
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
 PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
@@ -41,29 +39,6 @@ IID = 31337
 
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
-
-
-def _start(cmd: list[str], http_port: int, env: dict[str, str]) -> subprocess.Popen[Any]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{http_port}/healthcheck", proc, timeout_s=120)
-    except BaseException:
-        _stop(proc)
-        raise
-    return proc
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 def raw_copy_gbps(kv: WorkerKVCache, n_chunks: int, repeats: int = 3) -> tuple[float, float]:
@@ -196,12 +171,10 @@ def run() -> list[dict[str, Any]]:
                 "block_size": BLOCK, "chunk_tokens": CHUNK, "sequences": sequences, "chunks_per_sequence": chunks,
                 "raw_torch_gather_gbps": round(raw_gather, 3), "raw_torch_scatter_gbps": round(raw_scatter, 3)}
         zp, hp = free_port(), free_port()
-        proc = _start([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
-                       "--http-port", str(hp), "--l1-size-gb", str(l1_gb), "--log-level", "WARNING"], hp, env)
-        try:
+        with server_process([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
+                             "--http-port", str(hp), "--l1-size-gb", str(l1_gb), "--log-level", "WARNING"],
+                            f"http://127.0.0.1:{hp}/healthcheck", env=env):
             ours = drive(f"tcp://127.0.0.1:{zp}", kv, sequences, chunks, lookups)
-        finally:
-            _stop(proc)
         row = {**base, "server": "lmcache-server", **ours,
                "store_ratio_to_raw": round(ours["store_gbps"] / raw_gather, 3),
                "retrieve_ratio_to_raw": round(ours["retrieve_gbps"] / raw_scatter, 3)}
@@ -210,15 +183,13 @@ def run() -> list[dict[str, Any]]:
         if peer.exists():
             zp, hp = free_port(), free_port()
             try:
-                proc = _start([str(peer), "server", "--host", "127.0.0.1", "--port", str(zp), "--http-host",
-                               "127.0.0.1", "--http-port", str(hp), "--l1-size-gb", str(l1_gb),
-                               "--eviction-policy", "LRU", "--supported-transfer-mode", "auto"], hp,
-                              {**env, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false",
-                               "PYTHONWARNINGS": "ignore"})
-                try:
+                with server_process([str(peer), "server", "--host", "127.0.0.1", "--port", str(zp), "--http-host",
+                                     "127.0.0.1", "--http-port", str(hp), "--l1-size-gb", str(l1_gb),
+                                     "--eviction-policy", "LRU", "--supported-transfer-mode", "auto"],
+                                    f"http://127.0.0.1:{hp}/healthcheck",
+                                    env={**env, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false",
+                                         "PYTHONWARNINGS": "ignore"}):
                     theirs = drive(f"tcp://127.0.0.1:{zp}", kv, sequences, chunks, lookups)
-                finally:
-                    _stop(proc)
                 rows.append({**base, "server": "lmcache-0.5.6", **theirs,
                              "store_ratio_to_raw": round(theirs["store_gbps"] / raw_gather, 3),
                              "retrieve_ratio_to_raw": round(theirs["retrieve_gbps"] / raw_scatter, 3)})

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -47,11 +48,9 @@ from lmcache_core.bench.datapath import (
     CHUNK,
     HEAD_DIM,
     HEADS,
-    _start,
-    _stop,
 )
 from lmcache_core.client import LMCacheClient, make_key
-from lmcache_core.testing import free_port
+from lmcache_core.testing import free_port, stop_process_group, wait_http
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
 MODEL = "bench-l2-model"
@@ -213,9 +212,12 @@ def run() -> list[dict[str, Any]]:
             _fill(layer, i)
         zp, hp = free_port(), free_port()
         http = f"http://127.0.0.1:{hp}"
-        proc = _start([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
-                       "--http-port", str(hp), "--l1-size-gb", str(l1_gb), "--log-level", "WARNING",
-                       "--l2-adapter", json.dumps({"type": "fs", "base_path": base_path})], hp, env)
+        proc = subprocess.Popen([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
+                                 "--http-port", str(hp), "--l1-size-gb", str(l1_gb), "--log-level", "WARNING",
+                                 "--l2-adapter", json.dumps({"type": "fs", "base_path": base_path})],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        wait_http(f"{http}/healthcheck", proc, timeout_s=120)
         client = LMCacheClient(f"tcp://127.0.0.1:{zp}", timeout_s=300)
         try:
             client.register_kv_cache(IID, kv.descriptors(), MODEL, 1, {"kv_layout": "NHD"})
@@ -250,7 +252,7 @@ def run() -> list[dict[str, Any]]:
             client.close()
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_process_group(proc)
         kv.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

@@ -9,7 +9,6 @@ LMCache 0.5.6 server when its peer venv exists (``../shared/peer/install-peer.sh
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from lmcache_core.testing import free_port
+from lmcache_core.testing import free_port, stop_process_group
 
 PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
 
@@ -69,12 +68,7 @@ def measure_server(cmd: list[str], http_port: int, env: dict[str, str] | None = 
         rss = _rss_bytes(proc.pid)
         return {"seconds_to_healthy": round(ready_s, 3), "rss_mb": round(rss / 2**20, 1)}
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 def measure_import_torch() -> dict[str, Any]:
