@@ -1,5 +1,38 @@
-"""The metrics route group. Installed and discovered like every plugin; it implements no hooks yet.
+"""``GET /metrics`` (Prometheus exposition of the default registry) and ``POST /metrics/reset``.
 
-Its routes arrive with the issue that builds them; until then the plugin loads,
-shows in ``GET /plugins`` with no hooks, and contributes nothing.
+Neither touches the engine, so both answer while it starts. The exposition is
+rendered on a worker thread: with many label sets it is not free.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, Router, get, post
+from prometheus_client import REGISTRY, generate_latest
+
+from lmcache_core import hookimpl
+from lmcache_core.observability.metrics import reset_all
+
+
+# The classic text format that every Prometheus scrapes (and the API document names);
+# newer prometheus_client versions default to advertising 1.0.0.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@get("/metrics", sync_to_thread=True, summary="Prometheus metrics")
+def metrics() -> Response[bytes]:
+    """Every metric of the default prometheus_client registry, text format 0.0.4."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE)
+
+
+@post("/metrics/reset", status_code=200, sync_to_thread=False, summary="Reset lmcache-server's metrics")
+def reset() -> Response[str]:
+    """Zero lmcache-server's own counters (for test harnesses and benchmarks); answers ``ok``."""
+    reset_all()
+    return Response("ok", media_type="text/plain")
+
+
+@hookimpl
+def lmcache_register_routes(register: Any) -> None:
+    register(Router(path="/", route_handlers=[metrics, reset], tags=["metrics"]))
