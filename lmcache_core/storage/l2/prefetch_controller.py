@@ -46,6 +46,16 @@ def _plan_sources(keys: Sequence[ObjectKey], hits: Sequence[Sequence[bool]]) -> 
     return source
 
 
+def _leading_complete(chunks: Sequence[Sequence[ObjectKey]], have: Any) -> int:
+    """How many leading chunks have every key in ``have`` (the prefix a KV cache can use)."""
+    n = 0
+    for chunk in chunks:
+        if not all(k in have for k in chunk):
+            break
+        n += 1
+    return n
+
+
 class PrefetchController:
     """Loads L1 misses from L2 for lookups; ``submit`` never blocks on I/O."""
 
@@ -164,11 +174,7 @@ class PrefetchController:
         found = [a.lookup_and_lock(flat) for a in self.adapters]
         hits = [f.result() for f in found]
         source = _plan_sources(flat, hits)
-        prefix = 0
-        for chunk in chunks:
-            if not all(k in source for k in chunk):
-                break
-            prefix += 1
+        prefix = _leading_complete(chunks, source)
         planned = [k for c in chunks[:prefix] for k in c]
         planned_set = set(planned)
         locked_by = [[k for k, hit in zip(flat, bitmap) if hit] for bitmap in hits]
@@ -193,11 +199,7 @@ class PrefetchController:
         reserved = self.l1.reserve_write(planned, nbytes, temporary=not self.retain)
         ok_reserve = {k: v for k, r, v in zip(planned, reserved.results, reserved.views) if r == L1Result.SUCCESS}
         # A chunk whose space could not be reserved (L1 full, or a racing store) ends the prefix.
-        prefix = 0
-        for chunk in chunks:
-            if not all(k in ok_reserve for k in chunk):
-                break
-            prefix += 1
+        prefix = _leading_complete(chunks, ok_reserve)
         keep = [k for c in chunks[:prefix] for k in c]
         keep_set = set(keep)
         drop = [k for k in ok_reserve if k not in keep_set]
@@ -206,11 +208,7 @@ class PrefetchController:
         if not keep:
             return []
         loaded_ok = self._load_into({k: ok_reserve[k] for k in keep}, source)
-        good = 0
-        for chunk in chunks[:prefix]:
-            if not all(k in loaded_ok for k in chunk):
-                break
-            good += 1
+        good = _leading_complete(chunks[:prefix], loaded_ok)
         handed = [k for c in chunks[:good] for k in c]
         handed_set = set(handed)
         rest = [k for k in keep if k not in handed_set]
