@@ -169,6 +169,9 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
     http = parser.add_argument_group("HTTP", "The HTTP API for operators and tools.")
     http.add_argument("--http-host", default="127.0.0.1", help="HTTP bind host")
     http.add_argument("--http-port", type=PORT, default=8080, help="HTTP bind port")
+    http.add_argument("--http-admin-token", default=None, metavar="TOKEN",
+                      help="require 'Authorization: Bearer TOKEN' on mutating and diagnostic routes "
+                           "(liveness, readiness, /metrics and reads stay open)")
 
     obs = parser.add_argument_group("observability", "Logging and metrics.")
     obs.add_argument("--log-level", default="INFO", type=str.upper,

@@ -64,6 +64,7 @@ class HTTPConfig(msgspec.Struct, kw_only=True):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_admin_token: str | None = None
 
 
 class PluginsConfig(msgspec.Struct, kw_only=True):

@@ -19,6 +19,8 @@ from litestar.plugins import InitPlugin
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from lmcache_core.http.deps import DEPENDENCIES, EngineUnavailable, engine_unavailable_handler
+from lmcache_core.http.guard import AdminTokenRequired, admin_token_required_handler
+from lmcache_core.http.metrics import http_metrics_middleware
 from lmcache_core.server import CacheServer
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ class RoutesInitPlugin(InitPlugin):
         app_config.route_handlers.extend(self.server.plugin_host.route_handlers())
         app_config.dependencies.update(DEPENDENCIES)
         app_config.exception_handlers[EngineUnavailable] = engine_unavailable_handler
+        app_config.exception_handlers[AdminTokenRequired] = admin_token_required_handler
+        if not self.server.configs["observability"].disable_metrics:  # type: ignore[attr-defined]
+            app_config.middleware.append(http_metrics_middleware)
         app_config.state["server"] = self.server
         return app_config
 

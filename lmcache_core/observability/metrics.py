@@ -11,6 +11,7 @@ from __future__ import annotations
 
 def reset_all() -> None:
     """Zero every lmcache-server counter (gauges read live values and need nothing)."""
+    from lmcache_core.http import metrics as http_metrics
     from lmcache_core.storage import metrics as l1_metrics
     from lmcache_core.storage.l2 import metrics as l2_metrics
     from lmcache_core.transport.zmq_server import ZMQ_REQUESTS
@@ -18,3 +19,4 @@ def reset_all() -> None:
     l1_metrics.reset()
     l2_metrics.reset()
     ZMQ_REQUESTS.clear()
+    http_metrics.reset()

@@ -20,6 +20,7 @@ from litestar.params import QueryParameter
 
 from lmcache_core import hookimpl
 from lmcache_core.http.deps import Engine, unavailable_body
+from lmcache_core.http.guard import require_admin
 from lmcache_core.server import CacheServer
 from lmcache_core.transfer.checksums import (
     ChecksumError,
@@ -70,7 +71,8 @@ def _compute(server: CacheServer, instance_id: int, block_ids: list[int], chunk_
         return 400, f"block id out of range: {exc}"
 
 
-@post("/clear-cache", status_code=200, sync_to_thread=True, summary="Force-clear all L1 data")
+@post("/clear-cache", status_code=200, sync_to_thread=True, guards=[require_admin],
+      summary="Force-clear all L1 data")
 def clear_cache(engine: Engine) -> dict[str, str]:
     """Force-clears L1 (locks bypassed, as the seed documents); the body is ignored."""
     assert engine.storage is not None

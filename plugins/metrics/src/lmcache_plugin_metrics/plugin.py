@@ -12,6 +12,7 @@ from litestar import Response, Router, get, post
 from prometheus_client import REGISTRY, generate_latest
 
 from lmcache_core import hookimpl
+from lmcache_core.http.guard import require_admin
 from lmcache_core.observability.metrics import reset_all
 
 
@@ -26,7 +27,8 @@ def metrics() -> Response[bytes]:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE)
 
 
-@post("/metrics/reset", status_code=200, sync_to_thread=False, summary="Reset lmcache-server's metrics")
+@post("/metrics/reset", status_code=200, sync_to_thread=False, guards=[require_admin],
+      summary="Reset lmcache-server's metrics")
 def reset() -> Response[str]:
     """Zero lmcache-server's own counters (for test harnesses and benchmarks); answers ``ok``."""
     reset_all()
