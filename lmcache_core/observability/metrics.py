@@ -14,9 +14,11 @@ def reset_all() -> None:
     from lmcache_core.http import metrics as http_metrics
     from lmcache_core.storage import metrics as l1_metrics
     from lmcache_core.storage.l2 import metrics as l2_metrics
+    from lmcache_core.transport import metrics as dp_metrics
     from lmcache_core.transport.zmq_server import ZMQ_REQUESTS
 
     l1_metrics.reset()
     l2_metrics.reset()
     ZMQ_REQUESTS.clear()
     http_metrics.reset()
+    dp_metrics.reset()

@@ -32,6 +32,7 @@ from lmcache_core.transfer.layout import parse_dtype, resolve_kv_layout
 from lmcache_core.transfer.tensor_pickle import UnsafePickleError, dumps_tensors, loads_tensors
 from lmcache_core.transfer.shm import ShmSegmentCache
 from lmcache_core.transport import messages as m
+from lmcache_core.transport import metrics as dp_metrics
 from lmcache_core.transport.wire import Op
 from lmcache_core.transport.zmq_server import Dispatch, HandlerSpec
 
@@ -103,6 +104,7 @@ class DataPath:
         self.l1 = server.storage.l1
         self.sessions = server.sessions
         self.chunk_size = server.mp_config.chunk_size
+        self.metrics = not getattr(server.configs.get("observability"), "disable_metrics", False)
         self.lookups = LookupTracker(self.l1)
         self.segments = ShmSegmentCache()
         self._clock = clock
@@ -348,13 +350,18 @@ class DataPath:
             return (DONE, True)  # everything already stored (or no room: L1 is full)
         try:
             self._wait_for_worker(kv, args.event_ipc_handle)
+            started = time.perf_counter()
             kv.gather_chunks(args.block_ids, outs)
             if kv.device.type == "cuda":  # device-to-host copies must land before the objects become readable
                 torch.cuda.current_stream(kv.device).synchronize()
+            elapsed = time.perf_counter() - started
         except Exception:
             self.l1.delete(written_keys, force=True)
             raise
         self.l1.finish_write(written_keys)
+        if self.metrics:
+            dp_metrics.record_transfer("store", args.key.model_name, args.key.cache_salt, kv.device.type,
+                                       len(written_keys), len(written_keys) * kv.object_nbytes, elapsed)
         return (self._done_handle(kv), True)
 
     def op_retrieve(self, args: m.RetrieveArgs, identity: bytes) -> tuple[bytes, bool]:
@@ -370,12 +377,17 @@ class DataPath:
             if any(r != L1Result.SUCCESS for r in read.results):
                 return FAILED_TRANSFER
             self._wait_for_worker(kv, args.event_ipc_handle)
+            started = time.perf_counter()
             kv.scatter_chunks(args.block_ids, read.views, args.skip_first_n_tokens)
             if kv.device.type == "cuda":  # the L1 objects are read until the host-to-device copies finish
                 torch.cuda.current_stream(kv.device).synchronize()
+            elapsed = time.perf_counter() - started
         finally:
             # This reader is done with its share of the lookup's locks, whether the copy worked or not.
             self.lookups.release_one(key.request_id, keys)
+        if self.metrics:
+            dp_metrics.record_transfer("retrieve", key.model_name, key.cache_salt, kv.device.type,
+                                       len(keys), len(keys) * kv.object_nbytes, elapsed)
         return (self._done_handle(kv), True)
 
     # -- engine-driven (pickle) transfers -----------------------------------------------------
@@ -489,18 +501,33 @@ class DataPath:
                 l2 = prefetch is not None and nbytes is not None
                 hits = self.lookups.lookup(key.request_id, chunk_keys, key.num_kv_readers, owner=identity,
                                            pending=l2)
+                if self.metrics:
+                    dp_metrics.record_lookup(key.model_name, key.cache_salt, end)
+                    dp_metrics.record_lookup_hits(key.model_name, key.cache_salt, "l1", hits, self.chunk_size,
+                                                  len(ranks))
                 if l2 and hits < len(chunk_keys):
-                    rid, readers, l1_hits = key.request_id, key.num_kv_readers, hits
-                    prefetch.submit(chunk_keys[hits:], nbytes, readers,  # type: ignore[union-attr,arg-type]
-                                    lambda loaded: self.lookups.complete(rid, l1_hits, loaded, readers))
+                    l1_hits, per_chunk = hits, len(ranks)
+                    prefetch.submit(chunk_keys[hits:], nbytes, key.num_kv_readers,  # type: ignore[union-attr]
+                                    lambda loaded: self._lookup_loaded(key, l1_hits, loaded, per_chunk))
                 elif l2:
                     self.lookups.complete(key.request_id, hits, [], key.num_kv_readers)
                 return None
+            if self.metrics:
+                dp_metrics.record_early_exit("no_gpu_context" if not registered else "empty_chunk_hashes")
         except (RequestRejected, InvalidKeyError, ValueError) as exc:
             logger.debug("lookup rejected: %s", exc)
+            if self.metrics:
+                dp_metrics.record_early_exit("rejected")
         self.lookups.lookup(key.request_id, [], 1, owner=identity)  # records 0 hits for the query
         assert hits == 0
         return None
+
+    def _lookup_loaded(self, key: m.IPCCacheServerKey, l1_hits: int, loaded: Any, keys_per_chunk: int) -> int:
+        """The L2 part of a lookup finished: ``loaded`` chunks follow the ``l1_hits`` found in L1."""
+        if self.metrics:
+            dp_metrics.record_lookup_hits(key.model_name, key.cache_salt, "l2", len(loaded), self.chunk_size,
+                                          keys_per_chunk)
+        return self.lookups.complete(key.request_id, l1_hits, loaded, key.num_kv_readers)
 
     def op_query_prefetch_status(self, args: Any, identity: bytes) -> int | None:
         """Hit chunks once the lookup is done (exactly once), None while it loads from L2, 0 if unknown."""
