@@ -110,3 +110,12 @@ def test_disable_metrics_leaves_data_path_counters_alone(lmcache_server_factory)
     with LMCacheClient(f"tcp://127.0.0.1:{port}", timeout_s=20) as client:
         assert client.lookup(make_key(list(range(CHUNK)), "u", model_name="not-registered")) == 0
     assert value("lmcache_mp_lookup_early_exit_total", reason="no_gpu_context") == before
+
+
+def test_active_prefetch_jobs_gauge_reads_the_live_lookup_table(live):
+    server, client, kv, adapter = live
+    assert value("lmcache_mp_active_prefetch_jobs") == server.status()["active_prefetch_jobs"] == 0
+    server.datapath.lookups.complete("unqueried", 0, [], 1)  # a finished lookup nobody has queried yet
+    assert value("lmcache_mp_active_prefetch_jobs") == server.status()["active_prefetch_jobs"] == 1
+    assert server.datapath.lookups.take_result("unqueried") == 0
+    assert value("lmcache_mp_active_prefetch_jobs") == 0

@@ -181,3 +181,26 @@ def test_a_slow_l2_never_delays_store(l1):
     ctl.drain()
     assert len(a.objects) == 4
     a.close()
+
+
+def test_write_behind_metrics_count_submitted_skipped_and_dropped(l1):
+    from prometheus_client import REGISTRY
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    names = ("lmcache_mp_l2_store_submitted_objects_total", "lmcache_mp_l2_store_dropped_objects_total",
+             "lmcache_mp_l2_store_skipped_objects_total")
+    a = adapter()
+    ctl = StoreController(l1, [a], max_queued_keys=3)
+    before = {n: value(n) for n in names}
+    ks = keys(5)
+    write(l1, ks)  # 5 finished writes into a queue of 3: the 2 oldest are dropped
+    assert value("lmcache_mp_l2_store_queue_objects") == 3
+    l1.delete([ks[2]])  # gone from L1 before the write-behind reaches it
+    ctl.drain()
+    dropped, skipped, submitted = (value(n) - before[n] for n in (names[1], names[2], names[0]))
+    assert (dropped, skipped, submitted) == (2, 1, 2)
+    assert value("lmcache_mp_l2_store_queue_objects") == 0
+    assert value("lmcache_mp_num_inflight_l2_stores") == 0
+    a.close()

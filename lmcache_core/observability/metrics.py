@@ -14,6 +14,7 @@ def reset_all() -> None:
     from lmcache_core.http import metrics as http_metrics
     from lmcache_core.storage import metrics as l1_metrics
     from lmcache_core.storage.l2 import metrics as l2_metrics
+    from lmcache_core.storage.l2 import store_controller
     from lmcache_core.transport import metrics as dp_metrics
     from lmcache_core.transport.zmq_server import ZMQ_REQUESTS
 
@@ -22,3 +23,4 @@ def reset_all() -> None:
     ZMQ_REQUESTS.clear()
     http_metrics.reset()
     dp_metrics.reset()
+    store_controller.reset_metrics()

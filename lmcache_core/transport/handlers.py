@@ -105,6 +105,8 @@ class DataPath:
         self.sessions = server.sessions
         self.chunk_size = server.mp_config.chunk_size
         self.metrics = not getattr(server.configs.get("observability"), "disable_metrics", False)
+        if self.metrics:
+            dp_metrics.bind_datapath(self)
         self.lookups = LookupTracker(self.l1)
         self.segments = ShmSegmentCache()
         self._clock = clock

@@ -20,14 +20,19 @@ separate names; we export one name with a ``tier`` label (``l1``, ``l2``), so
 * ``lmcache_mp_store_bytes_total`` / ``lmcache_mp_retrieve_bytes_total``: their bytes;
 * ``lmcache_mp_store_throughput_GB_per_second`` / ``lmcache_mp_retrieve_throughput_GB_per_second``:
   histograms of one request's copy bandwidth (LMCache's ``l0_l1_store_throughput``
-  and ``l0_l1_load_throughput``), ``{device}``.
+  and ``l0_l1_load_throughput``), ``{device}``;
+* gauge ``lmcache_mp_active_prefetch_jobs``: lookups still loading from L2 (``/status``'s
+  ``active_prefetch_jobs``), read at scrape time from the most recently started server.
 
 ``cache_salt`` labels are bounded as for L1 (:func:`lmcache_core.storage.metrics.salt_label`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import weakref
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
 
 from lmcache_core.storage.metrics import salt_label
 
@@ -47,6 +52,23 @@ STORE_GBPS = Histogram("lmcache_mp_store_throughput_GB_per_second", "Copy bandwi
                        ["device"], buckets=_GBPS_BUCKETS)
 RETRIEVE_GBPS = Histogram("lmcache_mp_retrieve_throughput_GB_per_second", "Copy bandwidth of one RETRIEVE",
                           ["device"], buckets=_GBPS_BUCKETS)
+
+ACTIVE_PREFETCH_JOBS = Gauge("lmcache_mp_active_prefetch_jobs", "Lookups still loading from L2")
+_bound: list[Any] = [None]
+
+
+def bind_datapath(datapath: Any) -> None:
+    """Read ``active_prefetch_jobs`` from ``datapath`` (held weakly) at scrape time."""
+    _bound[0] = weakref.ref(datapath)
+
+
+def _active_prefetch_jobs() -> float:
+    ref = _bound[0]
+    datapath = ref() if ref is not None else None
+    return float(datapath.lookups.pending_results()) if datapath is not None else 0.0
+
+
+ACTIVE_PREFETCH_JOBS.set_function(_active_prefetch_jobs)
 
 _ALL = (LOOKUPS, LOOKUP_REQUESTED_TOKENS, LOOKUP_HIT_TOKENS, LOOKUP_HIT_KEYS, LOOKUP_EARLY_EXIT,
         STORE_CHUNKS, STORE_BYTES, RETRIEVE_CHUNKS, RETRIEVE_BYTES, STORE_GBPS, RETRIEVE_GBPS)
