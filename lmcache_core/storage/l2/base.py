@@ -133,20 +133,69 @@ class ListingNotSupported(NotImplementedError):
     """This adapter type cannot enumerate what it stores."""
 
 
+class ReconfigureError(RuntimeError):
+    """A refused or failed reconfiguration that carries the HTTP status and body to answer.
+
+    For the outcomes plain exceptions cannot say: 404 (no such device), 409 (locked
+    or busy, retry with ``force``), 507 (no room to migrate to), 503, ... ``payload``
+    is the JSON body; by default ``{"error": message}``.
+    """
+
+    def __init__(self, status_code: int, message: str, *, payload: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.payload: dict[str, Any] = dict(payload) if payload is not None else {"error": message}
+
+
 class Reconfigurable(abc.ABC):
-    """Optional runtime reconfiguration (``/reconfigure/...``): an adapter class may also derive from this."""
+    """Optional runtime reconfiguration (``/reconfigure/...``): an adapter class may also derive from this.
+
+    The backend name callers use is the adapter's ``type_name``, compared
+    case-insensitively; ``adapter_index`` counts only the adapters of that backend.
+    Callers go through :meth:`apply_reconfigure`, which runs one operation at a time
+    per adapter (never on the event loop: it may block for as long as the operation
+    takes). :meth:`reconfigure_status` is not serialised with operations, so it must
+    be safe to call while one runs.
+
+    How :meth:`reconfigure` reports a refusal, and what the HTTP layer answers:
+    :class:`ReconfigureError` → its own status and payload; ``ValueError`` → 400
+    (bad parameters); ``NotImplementedError`` → 501; any other ``RuntimeError`` → 409
+    (cannot be done now). Anything else is a bug (500). A refused operation must leave
+    the adapter unchanged.
+
+    ``params`` for backend ``dax`` are validated by the HTTP layer (the seed's bodies):
+    ``add`` ``{device_path, size_bytes}``, ``remove`` ``{device_path, mode, force}``,
+    ``resize`` ``{device_path, size_bytes, mode, force}``, with ``size_bytes`` a
+    positive ``int`` from :func:`lmcache_core.units.parse_size`. Other backends get
+    the request body without ``adapter_index``, verbatim.
+    """
+
+    _reconfigure_lock_guard = threading.Lock()  # creates each adapter's own lock exactly once
 
     @abc.abstractmethod
     def reconfigure_operations(self) -> list[str]:
-        """The operation names this adapter accepts (e.g. ``add``, ``remove``, ``resize``)."""
+        """The operation names this adapter accepts now, lower case (e.g. ``add``, ``remove``, ``resize``)."""
 
     @abc.abstractmethod
     def reconfigure(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply one operation; ValueError for a bad request, RuntimeError when it cannot be done now."""
+        """Apply one operation; the JSON-serialisable result. Refusals as the class docstring says."""
 
     @abc.abstractmethod
     def reconfigure_status(self) -> dict[str, Any]:
-        """The adapter's reconfigurable state."""
+        """The adapter's reconfigurable state (JSON-serialisable; backend-specific fields)."""
+
+    def apply_reconfigure(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`reconfigure` under this adapter's reconfiguration lock: one operation at a time."""
+        with self.reconfigure_lock():
+            return self.reconfigure(operation, params)
+
+    def reconfigure_lock(self) -> threading.Lock:
+        """This adapter's reconfiguration lock (created on first use: subclasses need not call an ``__init__``)."""
+        lock: threading.Lock | None = self.__dict__.get("_reconfigure_lock")
+        if lock is None:
+            with Reconfigurable._reconfigure_lock_guard:
+                lock = self.__dict__.setdefault("_reconfigure_lock", threading.Lock())
+        return lock
 
 
 class L2Listener:
