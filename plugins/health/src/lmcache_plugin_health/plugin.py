@@ -1,33 +1,60 @@
 """Liveness (``GET /``) and readiness (``GET /healthcheck``), as the seed API defines them.
 
-``GET /`` is static and never touches the engine, so it answers even while the
-engine is starting or broken. ``GET /healthcheck`` answers 200 once the engine
-is wired and 503 ``{"status": "unhealthy", "reason": "engine not initialized"}``
-before that; it does not call into the engine (a Kubernetes probe must be cheap).
+``GET /``
+    200 ``{"status": "ok", "service": "LMCache HTTP API"}``, always. The handler takes no
+    dependency at all — not the server, not the engine — so it answers while the engine is
+    starting, after it stopped, when its storage is broken, and even in an app that has no
+    server on its state.
+``GET /healthcheck``
+    200 ``{"status": "healthy"}`` while the engine is wired (:attr:`CacheServer.ready`:
+    between :meth:`CacheServer.start` and :meth:`CacheServer.stop`); otherwise 503
+    ``{"status": "unhealthy", "reason": "engine not initialized"}`` (through the ``engine``
+    dependency and this router's envelope). As in LMCache it checks that the engine is
+    there and does not call into it: a Kubernetes probe must be cheap and must not flap
+    with storage trouble, which ``GET /status`` (``is_healthy``) reports instead.
+
+Both are ``application/json``; any other method answers 405 (``OPTIONS`` answers 204 with
+``Allow``, Litestar's default). Neither is guarded by ``--http-admin-token``: probes need no
+secret. Both run on the event loop (``sync_to_thread=False``): they do no work.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Router, get
 
 from lmcache_core import hookimpl
 from lmcache_core.http.deps import Engine, unavailable_body
 
-ROOT_BODY = {"status": "ok", "service": "LMCache HTTP API"}
-HEALTHY_BODY = {"status": "healthy"}
+
+class Liveness(msgspec.Struct):
+    """``GET /`` body."""
+
+    status: str
+    service: str
+
+
+class Readiness(msgspec.Struct):
+    """``GET /healthcheck`` 200 body."""
+
+    status: str
+
+
+ROOT_BODY = Liveness(status="ok", service="LMCache HTTP API")
+HEALTHY_BODY = Readiness(status="healthy")
 UNHEALTHY_BODY = {"status": "unhealthy", "reason": "engine not initialized"}
 
 
 @get("/", sync_to_thread=False, summary="Static liveness ping")
-def root() -> dict[str, str]:
-    """Static payload; does not touch the engine."""
+def root() -> Liveness:
+    """Static payload; does not touch the engine (no dependency is even resolved)."""
     return ROOT_BODY
 
 
 @get("/healthcheck", sync_to_thread=False, summary="Readiness probe")
-def healthcheck(engine: Engine) -> dict[str, str]:
+def healthcheck(engine: Engine) -> Readiness:
     """200 ``{"status": "healthy"}`` once the engine is wired; 503 otherwise (through the ``engine`` dependency)."""
     return HEALTHY_BODY
 

@@ -1,19 +1,64 @@
-"""``GET /status``: the engine snapshot assembled from every status contribution.
+"""Inspection routes: ``GET /status``, ``GET /conf``, ``GET /version``, ``GET /lmc_version``, ``GET /commit_id``.
 
-Each component and plugin contributes a section through the ``lmcache_status``
-hook; :meth:`CacheServer.status` merges them. 503 ``{"error": "engine not
-initialized"}`` while the engine is not ready. The status is assembled on a
-worker thread so a slow contribution never blocks the event loop.
+``GET /status``
+    The engine snapshot, :meth:`CacheServer.status`: the core fields (``is_healthy``,
+    ``engine_type``, ``chunk_size``, ``hash_algorithm``, ``active_sessions``) merged with every
+    plugin's ``lmcache_status`` section (the engine's own come from the built-in ``core.engine``
+    plugin, :mod:`lmcache_core.engine_status`: ``registered_gpu_ids``, ``cache_context_meta``
+    with each registered ``kv_cache_layout``, ``active_prefetch_jobs``, ``storage_manager``).
+    503 ``{"error": "engine not initialized"}`` before :meth:`CacheServer.start` and after
+    :meth:`CacheServer.stop`.
+``GET /conf``
+    Every registered config object (``server.configs``: ``mp``, ``storage_manager``,
+    ``observability``, ``http``, ``plugins`` and whatever plugins add with
+    :meth:`CacheServer.register_config`) as one JSON object, indented by 2 with non-ASCII kept,
+    ``application/json`` (LMCache's ``conf_api``). Secrets are masked with
+    :func:`lmcache_core.config.masked` (any field whose name contains key, secret, token,
+    password, passwd or credential, at any depth, L2 adapter entries included).
+    503 ``{"error": "configs not initialized"}``; see below for what that means here.
+``GET /version``, ``GET /lmc_version``, ``GET /commit_id``
+    Bare JSON strings from :mod:`lmcache_core.buildinfo`: ``"<version>-<commit>"`` (``NA``
+    for a missing part, so ``"NA-NA"``), the package version (``""`` if unknown) and the
+    commit baked in at build/install time (``""`` if unknown). Always 200; they never
+    touch the engine.
+
+Decisions where the seed is silent, and departures from LMCache:
+
+* "Configs not initialized" means: the app has no :class:`CacheServer` on its state (an app
+  assembled by hand from this plugin's router, without :func:`lmcache_core.http.app.create_app`),
+  or the server's ``configs`` mapping is empty. A server built the usual way has its configs
+  from construction on, so ``/conf`` answers 200 even before the engine starts — what the
+  process loaded is worth seeing precisely while it fails to start.
+* ``/conf`` renders each section with ``msgspec.to_builtins`` (Structs, dataclasses and attrs
+  alike; other values stringified) before masking, so a plugin's non-Struct config is masked
+  too. A section that cannot be rendered at all shows ``{"error": "unrenderable config: <type>"}``
+  rather than its ``str()`` (which could carry a secret). Non-finite floats are written as the
+  strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` so the body stays valid JSON (LMCache's
+  newest renderer answers 500 there).
+* ``/status`` and ``/conf`` are reads: no admin guard, even with ``--http-admin-token``.
+  Both run on a worker thread (``sync_to_thread=True``): the status takes the components'
+  locks only long enough to copy counters, and nothing is serialized under a lock.
+* The configs are snapshot (``dict(server.configs)``) before rendering, so a plugin
+  registering a config while ``/conf`` renders cannot break the response.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
-from litestar import Router, get
+import msgspec
+from litestar import MediaType, Response, Router, get
+from litestar.datastructures import State
 
-from lmcache_core import hookimpl
+from lmcache_core import buildinfo, hookimpl
+from lmcache_core.config import masked
 from lmcache_core.http.deps import Engine, unavailable_body
+
+ENGINE_UNAVAILABLE = {"error": "engine not initialized"}
+CONFIGS_UNAVAILABLE = {"error": "configs not initialized"}
+JSON = MediaType.JSON
 
 
 @get("/status", sync_to_thread=True, summary="Engine snapshot")
@@ -22,8 +67,71 @@ def status(engine: Engine) -> dict[str, Any]:
     return engine.status()
 
 
-router = Router(path="/", route_handlers=[status], tags=["inspect"],
-                opt=unavailable_body({"error": "engine not initialized"}))
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by their JSON-ish names (strict JSON has none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def render_section(config: Any) -> Any:
+    """One config object as masked JSON builtins (see the module docstring)."""
+    unrenderable = {"error": f"unrenderable config: {type(config).__name__}"}
+    try:
+        # enc_hook=str stringifies values msgspec does not know (a Path inside a Struct) ...
+        builtins = msgspec.to_builtins(config, enc_hook=str, str_keys=True)
+    except Exception:
+        return unrenderable
+    if isinstance(builtins, str) and not isinstance(config, str):
+        return unrenderable  # ... but a whole config reduced to its str() could carry a secret unmasked
+    return _finite(masked(builtins))
+
+
+def conf_document(configs: dict[str, Any]) -> bytes:
+    """The ``/conf`` body: every section, masked, indented by 2, non-ASCII kept."""
+    doc = {str(name): render_section(cfg) for name, cfg in configs.items()}
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False).encode()
+
+
+@get("/conf", sync_to_thread=True, summary="Every registered config object, secrets masked")
+def conf(state: State) -> Response[bytes]:
+    """Every config section as one indented JSON document; 503 while there is none."""
+    server = getattr(state, "server", None)
+    configs = getattr(server, "configs", None)
+    snapshot = dict(configs) if isinstance(configs, dict) else {}
+    if not snapshot:
+        return Response(CONFIGS_UNAVAILABLE, status_code=503, media_type=JSON)
+    return Response(conf_document(snapshot), media_type=JSON)
+
+
+def _json_string(value: str) -> Response[bytes]:
+    return Response(msgspec.json.encode(value), media_type=JSON)
+
+
+@get("/version", sync_to_thread=False, summary="Combined version descriptor")
+def version() -> Response[bytes]:
+    """``"<version>-<commit>"``, ``NA`` for a missing part."""
+    return _json_string(buildinfo.full_version())
+
+
+@get("/lmc_version", sync_to_thread=False, summary="Package version")
+def lmc_version() -> Response[bytes]:
+    """The package version, ``""`` if unknown."""
+    return _json_string(buildinfo.package_version())
+
+
+@get("/commit_id", sync_to_thread=False, summary="Build commit id")
+def commit_id() -> Response[bytes]:
+    """The commit baked in at build/install time, ``""`` if unknown."""
+    return _json_string(buildinfo.commit_id())
+
+
+router = Router(path="/", route_handlers=[status, conf, version, lmc_version, commit_id], tags=["inspect"],
+                opt=unavailable_body(ENGINE_UNAVAILABLE))
 
 
 @hookimpl
