@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from lmcache_core import __version__
-from lmcache_core.config import HTTPConfig, MPConfig, StorageManagerConfig, masked
+from lmcache_core.config import HTTPConfig, MPConfig, StorageManagerConfig
 from lmcache_core.hashing import TokenHasher
 from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
 from lmcache_core.plugins import PluginHost, Registry
@@ -87,10 +87,6 @@ class CacheServer:
         if name in self.configs:
             raise ValueError(f"config section {name!r} already registered")
         self.configs[name] = config
-
-    def conf_document(self) -> dict[str, Any]:
-        """Every config section as builtins, secrets masked (``GET /conf``)."""
-        return {name: masked(cfg) for name, cfg in self.configs.items()}
 
     def _validate(self) -> None:
         parse_l2_configs(self.storage_config.l2_adapter, self.l2_adapter_types)
