@@ -69,7 +69,7 @@ def _check_range(size: int, allow_zero: bool, shown: str) -> int:
     if size < 0:
         raise _bad(f"{shown} is negative")
     if size == 0 and not allow_zero:
-        raise _bad(f"{shown} is zero bytes")
+        raise _bad(f"{shown} is less than one byte")
     if size > MAX_SIZE_BYTES:
         raise _bad(f"{shown} is larger than {MAX_SIZE_BYTES} bytes")
     return size
@@ -94,6 +94,8 @@ def parse_size(value: Any, *, allow_zero: bool = False) -> int:
     if len(text) > MAX_SIZE_TEXT:
         raise _bad(f"longer than {MAX_SIZE_TEXT} characters")
     match = _SIZE_TEXT.fullmatch(text)
+    if match is None and text[0] == "-" and _SIZE_TEXT.fullmatch(text[1:].lstrip()):
+        raise _bad(f"{text!r} is negative")
     if match is None:
         raise _bad(f"{text!r} is not a number with an optional unit")
     whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3).lower()

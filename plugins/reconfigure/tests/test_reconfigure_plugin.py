@@ -1,4 +1,4 @@
-"""The reconfigure plugin installs, is found through its entry point and loads."""
+"""The reconfigure plugin installs, is found through its entry point, loads and registers its routes."""
 
 from __future__ import annotations
 
@@ -12,4 +12,5 @@ def test_reconfigure_plugin_is_discovered_and_loads():
     assert ep.dist.metadata["Name"] == "lmcache-plugin-reconfigure"
     host = PluginHost(allow="reconfigure")
     assert host.plugins["reconfigure"].distribution == "lmcache-plugin-reconfigure"
+    assert host.plugins["reconfigure"].hooks == ["lmcache_register_routes"]
     assert not host.failed

@@ -1,1 +1,1 @@
-"""lmcache-server route plugin: reconfigure."""
+"""lmcache-server route plugin: runtime L2 reconfiguration (``/reconfigure/...``); see :mod:`.plugin`."""
