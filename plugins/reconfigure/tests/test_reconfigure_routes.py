@@ -21,7 +21,6 @@ refused request changed nothing.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.parse
@@ -477,15 +476,10 @@ def test_dax_add_is_idempotent_and_refuses_a_different_size_with_409(live: Live)
     assert live.snapshot() == before
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "too-small", "nul", "unwritable", "long"])
+@pytest.mark.parametrize("case", ["missing", "directory", "too-small", "nul", "long"])
 def test_dax_add_refuses_a_device_that_cannot_be_used_with_400(live: Live, case: str) -> None:
     small = device_file(live.tmp, "small", 1000)
-    if case == "unwritable":
-        if os.geteuid() == 0:
-            pytest.skip("root can write any file")
-        os.chmod(small, 0o400)
-    path = {"missing": str(live.tmp / "absent"), "directory": str(live.tmp), "too-small": small, "nul": "/tmp/a\x00b",
-            "unwritable": small, "long": "/" + "x" * 5000}[case]
+    path = {"missing": str(live.tmp / "absent"), "directory": str(live.tmp), "too-small": small, "nul": "/tmp/a\x00b", "long": "/" + "x" * 5000}[case]
     before = live.snapshot()
     message = error_of(live.post("/reconfigure/dax/add", {"device_path": path, "size": "1000" if case != "too-small"
                                                           else "1001"}), 400)
