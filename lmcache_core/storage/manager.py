@@ -3,7 +3,8 @@
 It owns no thread of its own: :meth:`StorageManager.start` registers the
 eviction loop with the server's periodic-thread registry, so it shows in
 ``/periodic-threads`` and stops with everything else. L2 adapters, the store
-controller and the prefetch controller join here with the L2 tier.
+controller and the prefetch controller join here with the L2 tier, with the
+registry of warm prefetch jobs (``POST /l2/prefetch``) and its sweep thread.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lmcache_core.storage.eviction_controller import EvictionController, PolicyF
 from lmcache_core.storage.l1 import L1Manager
 from lmcache_core.storage.l2.base import L2Adapter, L2AdapterContext
 from lmcache_core.storage.l2.eviction import AdapterTier, L2PolicyFeeder
-from lmcache_core.storage.l2.prefetch_controller import PrefetchController
+from lmcache_core.storage.l2.prefetch_controller import PrefetchController, WarmPrefetchJobs
 from lmcache_core.storage.l2.store_controller import StoreController
 from lmcache_core.storage.quota import QuotaManager
 
@@ -30,6 +31,8 @@ GIB = 1 << 30
 L1_EVICTION_THREAD = "l1-eviction-controller"
 L2_STORE_THREAD = "l2-store-controller"
 L2_EVICTION_THREAD = "l2-eviction-controller"
+L2_WARM_JOBS_THREAD = "l2-warm-prefetch-job-sweeper"
+L2_WARM_JOBS_SWEEP_S = 5.0  # only frees memory: polls see expiry exactly (they sweep first)
 L2_STORE_INTERVAL_S = 0.02
 L1_EVICTION_INTERVAL_S = 0.05  # slices of a trigger's eviction; triggers at most once a second
 
@@ -100,10 +103,12 @@ class StorageManager:
             raise
         self.store_controller = StoreController(self.l1, self.l2_adapters, policy=config.l2_store_policy)
         self.prefetch: PrefetchController | None = None
+        self.warm_jobs: WarmPrefetchJobs | None = None
         if self.l2_adapters:
             self.prefetch = PrefetchController(self.l1, self.l2_adapters,
                                                max_in_flight=config.l2_prefetch_max_in_flight,
                                                retain=config.l2_prefetch_policy == "retain")
+            self.warm_jobs = WarmPrefetchJobs(self.prefetch, enable_metrics=enable_metrics)
         self._threads: PeriodicThreadRegistry | None = None
 
     def _wire_l2_eviction(self, adapter: L2Adapter, policies: Registry) -> None:
@@ -120,6 +125,13 @@ class StorageManager:
             AdapterTier(adapter), policy, watermark=ev.trigger_watermark, ratio=ev.eviction_ratio,
             quotas=self.quotas, name=f"l2:{adapter.index}"))
 
+    def find_l2_adapter(self, type_name: str | None = None) -> L2Adapter | None:
+        """The first adapter of ``type_name`` (the primary, index 0, when None); None when there is none."""
+        for adapter in self.l2_adapters:
+            if type_name is None or adapter.type_name == type_name:
+                return adapter
+        return None
+
     def _l2_eviction_tick(self) -> dict[str, Any]:
         return {c.name: c.tick()["evicted"] for c in self.l2_eviction}
 
@@ -131,6 +143,8 @@ class StorageManager:
             threads.create(L2_STORE_THREAD, L2_STORE_INTERVAL_S, self.store_controller.drain, level=ThreadLevel.HIGH)
         if self.l2_eviction:
             threads.create(L2_EVICTION_THREAD, L1_EVICTION_INTERVAL_S, self._l2_eviction_tick, level=ThreadLevel.HIGH)
+        if self.warm_jobs is not None:
+            threads.create(L2_WARM_JOBS_THREAD, L2_WARM_JOBS_SWEEP_S, self.warm_jobs.sweep, level=ThreadLevel.LOW)
 
     def report_status(self) -> dict[str, Any]:
         """The ``storage_manager`` section of ``/status``."""
@@ -146,6 +160,7 @@ class StorageManager:
             "l1_eviction_controller": eviction,
             "store_controller": self.store_controller.report_status(),
             "prefetch_controller": self.prefetch.report_status() if self.prefetch is not None else None,
+            "warm_prefetch_jobs": self.warm_jobs.report_status() if self.warm_jobs is not None else None,
             "l2_eviction_controller": {"adapters": [
                 {**c.report_status(), "adapter_index": c.tier.adapter.index,  # type: ignore[attr-defined]
                  "total_bytes_used": c.tier.get_memory_usage()[0],
@@ -160,6 +175,7 @@ class StorageManager:
             self._threads.unregister(L1_EVICTION_THREAD, stop=True)
             self._threads.unregister(L2_STORE_THREAD, stop=True)
             self._threads.unregister(L2_EVICTION_THREAD, stop=True)
+            self._threads.unregister(L2_WARM_JOBS_THREAD, stop=True)
         if self.prefetch is not None:
             self.prefetch.close()
         for adapter in self.l2_adapters:

@@ -129,6 +129,21 @@ class KeyListPage:
     next_page_token: str | None
 
 
+@dataclass(frozen=True)
+class DeleteReport:
+    """What one :meth:`L2Adapter.delete_report` call did, key by key (each key lands in one list).
+
+    ``deleted``: removed now; ``absent``: not stored (nothing to do); ``locked``: skipped
+    because a lookup holds it (``lookup_and_lock`` without ``unlock`` yet); ``failed``:
+    the adapter raised removing it, with the reason.
+    """
+
+    deleted: list[ObjectKey]
+    absent: list[ObjectKey]
+    locked: list[ObjectKey]
+    failed: list[tuple[ObjectKey, str]]
+
+
 class ListingNotSupported(NotImplementedError):
     """This adapter type cannot enumerate what it stores."""
 
@@ -313,6 +328,10 @@ class L2Adapter(abc.ABC):
         """Delete keys, skipping locked ones; per key: True if it is gone now."""
         return self._pool.submit(self._delete_all, list(keys))
 
+    def delete_report(self, keys: Sequence[ObjectKey]) -> Future[DeleteReport]:
+        """As :meth:`delete`, reporting which keys were deleted, absent, locked or failed."""
+        return self._pool.submit(self._delete_keys, list(keys))
+
     def list_keys(self, model_name: str | None = None, page_size: int = 500,
                   page_token: str | None = None) -> KeyListPage:
         """One page of stored keys (blocking; run it off the event loop). ValueError: malformed token."""
@@ -454,19 +473,33 @@ class L2Adapter(abc.ABC):
         return ok
 
     def _delete_all(self, keys: list[ObjectKey]) -> list[bool]:
+        report = self._delete_keys(keys)
+        done = set(report.deleted) | set(report.absent)
+        locked = set(report.locked)
+        return [k in done and k not in locked for k in keys]
+
+    def _delete_keys(self, keys: list[ObjectKey]) -> DeleteReport:
         with self._lock:
             todo = [k for k in keys if k not in self._locks]
             locked = set(keys) - set(todo)
-        gone = []
+        deleted: list[ObjectKey] = []
+        absent: list[ObjectKey] = []
+        failed: list[tuple[ObjectKey, str]] = []
+        seen: set[ObjectKey] = set()
         for k in todo:
+            if k in seen:
+                continue  # a repeated key: one removal, reported once
+            seen.add(k)
             try:
-                self._remove(k)
-                gone.append(k)
+                size = self._remove(k)
             except Exception as exc:
                 self._failed("delete")
                 logger.warning("L2 %s #%d: delete failed: %s", self.type_name, self.index, exc)
-        self._account_deleted(gone)
-        if gone:
-            metrics.L2_DELETED.labels(self.l2_name).inc(len(gone))
-        done = set(gone)
-        return [k in done and k not in locked for k in keys]
+                failed.append((k, f"{type(exc).__name__}: {exc}"))
+                continue
+            (absent if size is None else deleted).append(k)
+        # An absent key may still be accounted (removed behind our back): drop it from the books too.
+        self._account_deleted(deleted + absent)
+        if deleted:
+            metrics.L2_DELETED.labels(self.l2_name).inc(len(deleted))
+        return DeleteReport(deleted, absent, [k for k in dict.fromkeys(keys) if k in locked], failed)

@@ -16,15 +16,26 @@ object keys):
 
 At most ``max_in_flight`` requests run at once (a pool of that size); the
 rest queue. Completion is reported through a callback with the loaded chunks.
+
+Warm prefetches (``POST /l2/prefetch``) run on the same pool
+(:meth:`PrefetchController.submit_warm`); :class:`WarmPrefetchJobs` gives each
+one a request id to poll, reports its completion exactly once, and forgets
+completed jobs nobody polled after a bounded time and beyond a bounded count.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client import Counter, Gauge
 
 from lmcache_core.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager, L1Result
@@ -230,3 +241,161 @@ class PrefetchController:
                 "failed_requests": self.failed,
                 "num_l2_adapters": len(self.adapters),
             }
+
+
+# -- warm prefetch jobs (POST /l2/prefetch, GET /l2/prefetch/{request_id}) -------------------
+
+WARM_JOBS_SUBMITTED = Counter("lmcache_mp_l2_warm_prefetch_jobs_submitted",
+                              "Warm prefetch jobs submitted (POST /l2/prefetch)")
+WARM_JOBS_COMPLETED = Counter("lmcache_mp_l2_warm_prefetch_jobs_completed",
+                              "Warm prefetch jobs whose load finished")
+WARM_JOBS_EXPIRED = Counter("lmcache_mp_l2_warm_prefetch_jobs_expired",
+                            "Completed warm prefetch jobs dropped unpolled (past the TTL or the count cap)")
+WARM_KEYS_LOADED = Counter("lmcache_mp_l2_warm_prefetch_loaded_keys",
+                           "Objects loaded from L2 into L1 by warm prefetch jobs")
+WARM_JOBS_IN_FLIGHT = Gauge("lmcache_mp_l2_warm_prefetch_jobs_in_flight",
+                            "Warm prefetch jobs submitted and not yet completed")
+
+
+def reset_warm_metrics() -> None:
+    """Zero the warm prefetch counters (``POST /metrics/reset``); the in-flight gauge is live."""
+    for counter in (WARM_JOBS_SUBMITTED, WARM_JOBS_COMPLETED, WARM_JOBS_EXPIRED, WARM_KEYS_LOADED):
+        counter.reset()
+
+
+DEFAULT_WARM_JOB_TTL_S = 600.0
+DEFAULT_WARM_JOB_MAX_COMPLETED = 10_000
+
+
+@dataclass(frozen=True)
+class WarmJobStatus:
+    """One poll's answer: ``pending``, or ``completed`` with the job's counts (given exactly once)."""
+
+    status: str
+    found_keys: int = 0
+    total_keys: int = 0
+
+
+@dataclass
+class _WarmJob:
+    total_keys: int
+    found_keys: int = 0
+    completed_at: float | None = None
+
+
+class WarmPrefetchJobs:
+    """Request ids for warm prefetches: poll, exactly-once completion, bounded retention.
+
+    A job is *pending* from :meth:`submit` until its load finishes, then
+    *completed* until the first :meth:`poll` that sees it (which removes it) or
+    until it **expires**: a completed job is forgotten ``ttl_s`` seconds after it
+    completed, and the oldest completed jobs are forgotten beyond
+    ``max_completed`` of them, so results nobody polls cannot accumulate. Expiry
+    runs on every submit, poll and completion and on :meth:`sweep` (a periodic
+    thread), against ``clock`` (injectable for tests). Pending jobs are not
+    capped: each one ends when its load does. A forgotten job polls like a
+    consumed one: unknown.
+    """
+
+    def __init__(self, controller: PrefetchController, *, ttl_s: float = DEFAULT_WARM_JOB_TTL_S,
+                 max_completed: int = DEFAULT_WARM_JOB_MAX_COMPLETED, clock: Callable[[], float] = time.monotonic,
+                 enable_metrics: bool = True) -> None:
+        self.controller = controller
+        self.clock = clock
+        self.metrics = enable_metrics
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _WarmJob] = {}
+        self._completed: OrderedDict[str, float] = OrderedDict()  # request id -> completion time, oldest first
+        self.ttl_s = self.max_completed = 0  # set by configure
+        self.expired = 0
+        self.configure(ttl_s=ttl_s, max_completed=max_completed)
+
+    def configure(self, *, ttl_s: float | None = None, max_completed: int | None = None) -> None:
+        """Change the retention of unpolled completed jobs (``ttl_s`` > 0, ``max_completed`` >= 1)."""
+        if ttl_s is not None:
+            if not ttl_s > 0:
+                raise ValueError(f"warm prefetch job TTL must be > 0 seconds, got {ttl_s!r}")
+            self.ttl_s = float(ttl_s)
+        if max_completed is not None:
+            if isinstance(max_completed, bool) or not isinstance(max_completed, int) or max_completed < 1:
+                raise ValueError(f"warm prefetch max completed jobs must be an int >= 1, got {max_completed!r}")
+            self.max_completed = max_completed
+        self.sweep()
+
+    def submit(self, keys: Sequence[ObjectKey], object_nbytes: int) -> str:
+        """Start warming ``keys`` into L1; the request id to poll. RuntimeError once the controller is closed."""
+        request_id = uuid.uuid4().hex
+        with self._lock:
+            self._expire_locked(self.clock())
+            self._jobs[request_id] = _WarmJob(total_keys=len(keys))
+        if self.metrics:
+            WARM_JOBS_SUBMITTED.inc()
+            WARM_JOBS_IN_FLIGHT.inc()
+        try:
+            self.controller.submit_warm(keys, object_nbytes, lambda found, total: self._done(request_id, found, total))
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(request_id, None)
+            if self.metrics:
+                WARM_JOBS_IN_FLIGHT.dec()
+            raise
+        return request_id
+
+    def poll(self, request_id: str) -> WarmJobStatus | None:
+        """``pending``, ``completed`` (once: the job is then forgotten), or None for an unknown id."""
+        with self._lock:
+            self._expire_locked(self.clock())
+            job = self._jobs.get(request_id)
+            if job is None:
+                return None
+            if job.completed_at is None:
+                return WarmJobStatus("pending")
+            del self._jobs[request_id]
+            self._completed.pop(request_id, None)
+            return WarmJobStatus("completed", job.found_keys, job.total_keys)
+
+    def sweep(self) -> dict[str, int]:
+        """Drop expired completed jobs now (the periodic thread's tick); how many went."""
+        with self._lock:
+            return {"expired": self._expire_locked(self.clock())}
+
+    def report_status(self) -> dict[str, Any]:
+        with self._lock:
+            self._expire_locked(self.clock())
+            completed = len(self._completed)
+            return {
+                "pending_jobs": len(self._jobs) - completed,
+                "completed_unpolled_jobs": completed,
+                "expired_jobs": self.expired,
+                "completed_job_ttl_seconds": self.ttl_s,
+                "max_completed_jobs": self.max_completed,
+            }
+
+    def _done(self, request_id: str, found: int, total: int) -> None:
+        # Runs on the prefetch pool when the load ends (found = keys loaded from L2 by this job).
+        with self._lock:
+            now = self.clock()
+            job = self._jobs.get(request_id)
+            if job is not None:
+                job.found_keys, job.total_keys, job.completed_at = found, total, now
+                self._completed[request_id] = now
+            self._expire_locked(now)
+        if self.metrics:
+            WARM_JOBS_IN_FLIGHT.dec()
+            WARM_JOBS_COMPLETED.inc()
+            WARM_KEYS_LOADED.inc(found)
+
+    def _expire_locked(self, now: float) -> int:
+        gone = 0
+        while self._completed:
+            request_id, at = next(iter(self._completed.items()))
+            if now - at < self.ttl_s and len(self._completed) <= self.max_completed:
+                break
+            del self._completed[request_id]
+            self._jobs.pop(request_id, None)
+            gone += 1
+        if gone:
+            self.expired += gone
+            if self.metrics:
+                WARM_JOBS_EXPIRED.inc(gone)
+        return gone

@@ -1,5 +1,439 @@
-"""The l2 route group. Installed and discovered like every plugin; it implements no hooks yet.
+"""L2 management and warm prefetch: the seed's five ``/l2`` routes.
 
-Its routes arrive with the issue that builds them; until then the plugin loads,
-shows in ``GET /plugins`` with no hooks, and contributes nothing.
+Routes (``http-api-seed.txt`` "L2 Storage Management"; ``lmcache-http-l2.md`` §2.5)
+-----------------------------------------------------------------------------------
+``GET /l2/adapters``
+    ``{"adapters": [{"index", "type_name", "primary"}]}`` in configuration order;
+    ``primary`` only on index 0; ``[]`` when no adapter is configured. 503 before the
+    engine is ready.
+``DELETE /l2?adapter=<type_name>`` (admin)
+    Body ``{"keys": [EncodedObjectKey, ...]}``. Checked in this order: 422 for a body
+    that is not that shape; 400 ``too many keys in a single request (limit=10000,
+    got=N)``; 400 ``keys[i]: <reason>`` for the first key that breaks an ``ObjectKey``
+    invariant; 503 ``no L2 adapters configured``; 404 for an unknown ``adapter``. Then
+    the adapter deletes the keys on its own threads (never on the event loop) and the
+    answer is 200 ``{"requested": N, "adapter": "<type_name>", "ok": true}``, or, when
+    the adapter failed, ``"ok": false`` and ``"error"``. Absent keys are skipped;
+    keys a lookup holds locked in the adapter (``lookup_and_lock`` without its
+    ``unlock`` yet) are skipped and stay, and ``ok`` stays true for them, as the seed
+    says ("skipped so the delete never corrupts an active transfer"). L1 is never
+    touched. Deleted keys reach the adapter's listeners (eviction policies, quotas).
+``GET /l2/keys?adapter=&model_name=&page_size=500&page_token=``
+    One page ``{"adapter", "entries": [{"key": EncodedObjectKey, "size_bytes"}],
+    "next_page_token": str | null}`` (null: the listing is done). 422 for
+    ``page_size`` that is not an integer in ``[1, 5000]``; 400 for a malformed
+    ``page_token`` (or a ``model_name`` no key can have); 404 unknown adapter; 501
+    for an adapter type that cannot list (``ListingNotSupported``); 503 before the
+    engine is ready, with no adapters, or when the adapter's listing fails (an I/O
+    error: the tier is unavailable, not the request wrong).
+``POST /l2/prefetch`` (admin)
+    Body ``{"model_name", "world_size", "token_ids", "cache_salt": ""}``. 422 for a
+    body that is not that shape (types, ``world_size`` outside ``1..255``, a token id
+    outside ``[0, 2**32)``); 400 for more than 1,000,000 tokens or a ``model_name`` /
+    ``cache_salt`` that breaks the key invariants; 503 with no engine or no L2
+    adapter; 409 when no worker registered a KV layout for ``(model_name,
+    world_size)``; then 202 ``{"chunks": 0, "status": "noop"}`` below one full chunk,
+    else 202 ``{"request_id", "chunks", "status": "submitted"}``. The tokens are
+    hashed with the server's own :class:`~lmcache_core.hashing.TokenHasher` and each
+    chunk expands to one key per rank (object group 0), exactly as ``LOOKUP`` builds
+    them, so a later lookup finds what the warm loaded.
+``GET /l2/prefetch/{request_id}``
+    200 ``{"status": "pending"}``, then once 200 ``{"status": "completed",
+    "found_keys", "total_keys"}``, then 404. 503 before the engine is ready.
+
+Every error body is ``{"detail": "<message>"}``: these are FastAPI ``HTTPException``
+routes in LMCache (``lmcache-http-l2.md`` §1), including the 503 envelope. Messages
+quote caller input with ``repr``, so no input can make an answer unencodable.
+
+Decisions where the seed is silent
+----------------------------------
+* An empty query value (``?adapter=``, ``?model_name=``, ``?page_token=``) means the
+  parameter is absent: the seed's own pagination loop sends ``page_token=`` on its
+  first call.
+* Unpolled results expire. LMCache keeps a completed job until it is polled
+  (forever when nobody polls). Here a completed job is forgotten
+  ``--l2-warm-job-ttl-seconds`` (default 600) after it completed, and beyond the
+  ``--l2-warm-job-max-completed`` (default 10,000) most recent ones; a forgotten id
+  polls 404 like a consumed one. The engine side is
+  :class:`lmcache_core.storage.l2.prefetch_controller.WarmPrefetchJobs`; its counts
+  show in ``/status`` (``storage_manager.warm_prefetch_jobs``) and as
+  ``lmcache_mp_l2_warm_prefetch_*`` metrics.
+* ``DELETE /l2`` reports an adapter that raised removing some keys (the FS adapter's
+  ``unlink`` failing, say) as ``ok: false`` with ``error`` naming how many keys
+  failed and the first reason; LMCache's S3 adapter swallows such errors, so its
+  ``ok: true`` proves less (``lmcache-http-l2.md`` §7.12).
+* Body fields are decoded leniently like FastAPI's lax mode (``"kv_rank": "3"`` is 3);
+  unknown fields are ignored. A ``kv_rank`` or ``object_group_id`` outside
+  ``[0, 2**32)`` or a hash over 64 bytes is a key-invariant 400 (our key limits,
+  documented in :mod:`lmcache_core.keys`).
+* Path safety: key and model names never become paths here; the adapter names its
+  objects with :func:`lmcache_core.keys.fs_file_name` / ``object_name``, which map
+  ``/`` away (FS) and refuse NUL, so ``..`` or ``/`` in a model name names one plain
+  file inside the adapter's directory. ``model_name`` and ``cache_salt`` are checked
+  before any adapter sees them.
+* A listed key whose name cannot be written as UTF-8 JSON (a file name with
+  undecodable bytes) is left out of its page rather than failing the page.
 """
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+from litestar import Request, Response, Router, delete, get, post
+from litestar.params import FromPath, QueryParameter
+
+from lmcache_core import hookimpl
+from lmcache_core.cli import POSITIVE_FLOAT, POSITIVE_INT
+from lmcache_core.http.deps import Engine, unavailable_body
+from lmcache_core.http.guard import require_admin
+from lmcache_core.keys import (
+    EncodedObjectKey,
+    InvalidKeyError,
+    ObjectKey,
+    kv_ranks_for_world,
+    validate_cache_salt,
+    validate_model_name,
+)
+from lmcache_core.server import CacheServer
+from lmcache_core.storage.l2.base import L2Adapter
+from lmcache_core.storage.l2.prefetch_controller import DEFAULT_WARM_JOB_MAX_COMPLETED, DEFAULT_WARM_JOB_TTL_S
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "l2_routes"
+MAX_DELETE_KEYS = 10_000
+MIN_PAGE_SIZE, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1, 5000, 500
+MAX_PREFETCH_TOKENS = 1_000_000
+# 1,000,000 ten-digit token ids with separators is ~11 MB, over Litestar's 10 MB default.
+MAX_BODY_BYTES = 32 << 20
+NOT_READY = "engine not initialized"
+NO_ADAPTERS = "no L2 adapters configured"
+
+Answer = tuple[int, Any]
+"""``(status, body)`` computed off the event loop."""
+
+
+class L2RoutesConfig(msgspec.Struct, kw_only=True):
+    """The l2 route plugin's settings (``GET /conf`` shows them under ``l2_routes``)."""
+
+    warm_job_ttl_seconds: float = DEFAULT_WARM_JOB_TTL_S
+    warm_job_max_completed: int = DEFAULT_WARM_JOB_MAX_COMPLETED
+
+
+# -- bodies -------------------------------------------------------------------------------
+
+
+class DeleteKeysRequest(msgspec.Struct):
+    """Body of ``DELETE /l2``."""
+
+    keys: list[EncodedObjectKey]
+
+
+TokenId = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+
+
+class WarmPrefetchRequest(msgspec.Struct):
+    """Body of ``POST /l2/prefetch``."""
+
+    model_name: str
+    world_size: Annotated[int, msgspec.Meta(ge=1, le=255)]
+    token_ids: list[TokenId]
+    cache_salt: str = ""
+
+
+class AdapterInfo(msgspec.Struct):
+    index: int
+    type_name: str
+    primary: bool
+
+
+class AdaptersResponse(msgspec.Struct):
+    """Body of ``GET /l2/adapters``."""
+
+    adapters: list[AdapterInfo]
+
+
+class KeyEntryBody(msgspec.Struct):
+    key: EncodedObjectKey
+    size_bytes: int
+
+
+class KeyPageResponse(msgspec.Struct):
+    """Body of ``GET /l2/keys``."""
+
+    adapter: str
+    entries: list[KeyEntryBody]
+    next_page_token: str | None
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _text(value: str) -> str:
+    """``value`` with anything UTF-8 cannot carry (lone surrogates) escaped, so JSON can hold it."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _error(status: int, message: str) -> Answer:
+    return status, {"detail": _text(message)}
+
+
+def _json_safe(entry: KeyEntryBody) -> bool:
+    try:
+        entry.key.model_name.encode("utf-8")
+        entry.key.cache_salt.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _decode(raw: bytes, body_type: type[Any]) -> Any:
+    """The body as ``body_type`` (FastAPI-lax types); raises ``msgspec.ValidationError``/``DecodeError``."""
+    return msgspec.json.decode(raw, type=body_type, strict=False)
+
+
+def _shape_error(exc: Exception) -> Answer:
+    return _error(422, f"invalid request body: {exc}")
+
+
+def _resolve(server: CacheServer, selector: str | None) -> L2Adapter | Answer:
+    """The adapter ``?adapter=`` names (the primary when None), or the 503/404 answer."""
+    storage = server.storage
+    if storage is None:
+        return _error(503, NOT_READY)
+    if not storage.l2_adapters:
+        return _error(503, NO_ADAPTERS)
+    adapter = storage.find_l2_adapter(selector)
+    if adapter is None:
+        return _error(404, f"no L2 adapter with type_name={selector!r}")
+    return adapter
+
+
+def _present(value: str | None) -> str | None:
+    return value if value else None
+
+
+_PAGE_SIZE = re.compile(r"\s*\+?[0-9]{1,9}\s*")
+
+
+def _page_size(text: str | None) -> int | None:
+    """``page_size`` as an int in range, or None (→ 422)."""
+    if text is None or text == "":
+        return DEFAULT_PAGE_SIZE
+    if not _PAGE_SIZE.fullmatch(text):
+        return None
+    value = int(text)
+    return value if MIN_PAGE_SIZE <= value <= MAX_PAGE_SIZE else None
+
+
+async def _off_loop(fn: Any, *args: Any) -> Response[Any]:
+    status, body = await anyio.to_thread.run_sync(fn, *args)
+    return Response(body, status_code=status)
+
+
+# -- GET /l2/adapters ---------------------------------------------------------------------
+
+
+@get("/adapters", sync_to_thread=False, summary="Configured L2 adapters")
+def list_adapters(engine: Engine) -> AdaptersResponse:
+    """Every L2 adapter in configuration order; ``primary`` marks index 0."""
+    adapters = engine.storage.l2_adapters if engine.storage is not None else []
+    return AdaptersResponse([AdapterInfo(i, a.type_name, i == 0) for i, a in enumerate(adapters)])
+
+
+# -- DELETE /l2 ---------------------------------------------------------------------------
+
+
+def _delete(server: CacheServer, raw: bytes, selector: str | None) -> Answer:
+    try:
+        body = _decode(raw, DeleteKeysRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return _shape_error(exc)
+    requested = len(body.keys)
+    if requested > MAX_DELETE_KEYS:
+        return _error(400, f"too many keys in a single request (limit={MAX_DELETE_KEYS}, got={requested})")
+    keys: list[ObjectKey] = []
+    for i, encoded in enumerate(body.keys):
+        try:
+            keys.append(encoded.to_object_key())
+        except InvalidKeyError as exc:
+            return _error(400, f"keys[{i}]: {exc}")
+    adapter = _resolve(server, selector)
+    if not isinstance(adapter, L2Adapter):
+        return adapter
+    answer: dict[str, Any] = {"requested": requested, "adapter": adapter.type_name, "ok": True}
+    try:
+        report = adapter.delete_report(keys).result()
+    except Exception as exc:  # closed adapter, or one whose delete raised as a whole
+        logger.warning("DELETE /l2 on %s failed: %s", adapter.l2_name, exc)
+        return 200, {**answer, "ok": False, "error": _text(f"{type(exc).__name__}: {exc}")}
+    if report.failed:
+        key, reason = report.failed[0]
+        return 200, {**answer, "ok": False, "error": _text(
+            f"{len(report.failed)} of {requested} keys could not be deleted; first: "
+            f"chunk_hash_hex={key.chunk_hash.hex()} model_name={key.model_name!r}: {reason}")}
+    return 200, answer
+
+
+@delete("/", status_code=200, guards=[require_admin], request_max_body_size=MAX_BODY_BYTES,
+        summary="Delete keys from one L2 adapter")
+async def delete_keys(
+    engine: Engine,
+    request: Request[Any, Any, Any],
+    adapter: Annotated[str | None, QueryParameter(description="type_name of the adapter (default: primary)")] = None,
+) -> Response[Any]:
+    """Delete ``{"keys": [EncodedObjectKey...]}`` (at most 10,000) from one adapter; locked keys stay."""
+    raw = await request.body()
+    return await _off_loop(_delete, engine, raw, _present(adapter))
+
+
+# -- GET /l2/keys -------------------------------------------------------------------------
+
+
+def _list(server: CacheServer, selector: str | None, model_name: str | None, page_size: int,
+          page_token: str | None) -> Answer:
+    adapter = _resolve(server, selector)
+    if not isinstance(adapter, L2Adapter):
+        return adapter
+    try:
+        page = adapter.list_keys(model_name, page_size, page_token)
+    except NotImplementedError as exc:  # ListingNotSupported
+        return _error(501, f"L2 adapter {adapter.type_name!r} does not support listing: {exc}")
+    except ValueError as exc:
+        return _error(400, f"malformed page_token: {exc}")
+    except Exception as exc:
+        logger.warning("GET /l2/keys on %s failed: %s", adapter.l2_name, exc)
+        return _error(503, f"L2 adapter {adapter.type_name!r} failed to list: {type(exc).__name__}: {exc}")
+    entries = [KeyEntryBody(e.key, e.size_bytes) for e in page.entries]
+    safe = [e for e in entries if _json_safe(e)]
+    return 200, KeyPageResponse(adapter.type_name, safe, page.next_page_token)
+
+
+@get("/keys", summary="Page through the keys resident in one L2 adapter")
+async def list_keys(
+    engine: Engine,
+    adapter: Annotated[str | None, QueryParameter(description="type_name of the adapter (default: primary)")] = None,
+    model_name: Annotated[str | None, QueryParameter(description="only keys of this model")] = None,
+    page_size: Annotated[str | None, QueryParameter(description="entries per page, 1..5000 (default 500)")] = None,
+    page_token: Annotated[str | None, QueryParameter(description="next_page_token of the previous page")] = None,
+) -> Response[Any]:
+    """One page of ``{"key", "size_bytes"}`` entries; ``next_page_token`` null when done."""
+    size = _page_size(page_size)
+    if size is None:
+        return Response({"detail": f"page_size must be an integer in [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]"},
+                        status_code=422)
+    model = _present(model_name)
+    if model is not None:
+        try:
+            validate_model_name(model)
+        except InvalidKeyError as exc:
+            return Response({"detail": _text(str(exc))}, status_code=400)
+    return await _off_loop(_list, engine, _present(adapter), model, size, _present(page_token))
+
+
+# -- POST /l2/prefetch, GET /l2/prefetch/{request_id} ----------------------------------------
+
+
+def _object_nbytes(server: CacheServer, model_name: str, world_size: int) -> int | None:
+    """The chunk object size of a registered ``(model_name, world_size)`` layout, or None."""
+    datapath = server.datapath
+    # DataPath keeps its layouts private; this is the lookup LOOKUP itself uses.
+    return datapath._object_nbytes(model_name, world_size) if datapath is not None else None
+
+
+def _warm(server: CacheServer, raw: bytes) -> Answer:
+    try:
+        body = _decode(raw, WarmPrefetchRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return _shape_error(exc)
+    if len(body.token_ids) > MAX_PREFETCH_TOKENS:
+        return _error(400, f"token_ids exceeds the per-request cap (limit={MAX_PREFETCH_TOKENS}, "
+                           f"got={len(body.token_ids)})")
+    try:
+        validate_model_name(body.model_name)
+        validate_cache_salt(body.cache_salt)
+    except InvalidKeyError as exc:
+        return _error(400, str(exc))
+    storage = server.storage
+    if storage is None:
+        return _error(503, NOT_READY)
+    jobs = storage.warm_jobs
+    if jobs is None:
+        return _error(503, NO_ADAPTERS)
+    nbytes = _object_nbytes(server, body.model_name, body.world_size)
+    if nbytes is None:
+        return _error(409, f"no layout registered for model_name={body.model_name!r} world_size={body.world_size}; "
+                           "the model has not allocated KV cache on this node yet")
+    hashes = server.hasher.hash_chunks(body.token_ids)
+    if not hashes:
+        return 202, {"chunks": 0, "status": "noop"}
+    ranks = kv_ranks_for_world(body.world_size)
+    keys = [ObjectKey(h, body.model_name, rank, 0, body.cache_salt) for h in hashes for rank in ranks]
+    try:
+        request_id = jobs.submit(keys, nbytes)
+    except RuntimeError:  # the prefetch pool is shut down: the engine is stopping
+        return _error(503, NOT_READY)
+    return 202, {"request_id": request_id, "chunks": len(hashes), "status": "submitted"}
+
+
+@post("/prefetch", status_code=202, guards=[require_admin], request_max_body_size=MAX_BODY_BYTES,
+      summary="Warm L1 from L2 for a token sequence")
+async def warm_prefetch(engine: Engine, request: Request[Any, Any, Any]) -> Response[Any]:
+    """Hash the tokens, submit a warm prefetch of their chunks across all adapters; 202 at once."""
+    raw = await request.body()
+    return await _off_loop(_warm, engine, raw)
+
+
+@get("/prefetch/{request_id:str}", sync_to_thread=False, summary="Poll a warm prefetch")
+def poll_prefetch(engine: Engine, request_id: FromPath[str]) -> Response[Any]:
+    """``pending``; then ``completed`` with the counts, exactly once; then 404."""
+    jobs = engine.storage.warm_jobs if engine.storage is not None else None
+    state = jobs.poll(request_id) if jobs is not None else None
+    if state is None:
+        status, body = _error(404, f"unknown prefetch request_id={request_id!r} "
+                                   "(already completed or never submitted)")
+        return Response(body, status_code=status)
+    if state.status == "pending":
+        return Response({"status": "pending"}, status_code=200)
+    return Response({"status": "completed", "found_keys": state.found_keys, "total_keys": state.total_keys},
+                    status_code=200)
+
+
+router = Router(path="/l2", route_handlers=[list_adapters, delete_keys, list_keys, warm_prefetch, poll_prefetch],
+                tags=["l2"], opt=unavailable_body({"detail": NOT_READY}))
+
+
+# -- hooks --------------------------------------------------------------------------------
+
+
+@hookimpl
+def lmcache_add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("l2 plugin", "L2 management routes and warm prefetch (/l2/...).")
+    group.add_argument("--l2-warm-job-ttl-seconds", type=POSITIVE_FLOAT, default=DEFAULT_WARM_JOB_TTL_S,
+                       help="forget a completed warm prefetch (POST /l2/prefetch) this long after it completed "
+                            "if nobody polled it")
+    group.add_argument("--l2-warm-job-max-completed", type=POSITIVE_INT, default=DEFAULT_WARM_JOB_MAX_COMPLETED,
+                       help="keep at most this many unpolled completed warm prefetch results (oldest go first)")
+
+
+@hookimpl
+def lmcache_register_routes(register: Any) -> None:
+    register(router)
+
+
+@hookimpl
+def lmcache_startup(server: CacheServer) -> None:
+    options = server.options
+    config = L2RoutesConfig(
+        warm_job_ttl_seconds=getattr(options, "l2_warm_job_ttl_seconds", DEFAULT_WARM_JOB_TTL_S),
+        warm_job_max_completed=getattr(options, "l2_warm_job_max_completed", DEFAULT_WARM_JOB_MAX_COMPLETED),
+    )
+    server.register_config(CONFIG_NAME, config)
+    jobs = server.storage.warm_jobs if server.storage is not None else None
+    if jobs is not None:
+        jobs.configure(ttl_s=config.warm_job_ttl_seconds, max_completed=config.warm_job_max_completed)
