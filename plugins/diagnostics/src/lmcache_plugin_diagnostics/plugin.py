@@ -1,5 +1,463 @@
-"""The diagnostics route group. Installed and discovered like every plugin; it implements no hooks yet.
+"""Diagnostics: ``/loglevel``, ``/threads``, ``/periodic-threads*``, ``/env`` and ``POST /run_script``.
 
-Its routes arrive with the issue that builds them; until then the plugin loads,
-shows in ``GET /plugins`` with no hooks, and contributes nothing.
+The seed's "Diagnostics and Debugging" section is the contract; LMCache's shared
+``internal_api_server/common`` routes (``lmcache-http-l2.md`` §2.9) fill its gaps.
+None of these routes needs the engine: they answer before it starts and after it
+stops (the periodic-thread routes then show an empty registry).
+
+``GET /loglevel`` (text/plain)
+    No parameters: ``=== Loggers and Levels ===`` then one ``name: LEVEL`` line per
+    logger. ``?logger_name=x``: ``x: LEVEL`` (the logger's own level, so an unset
+    one shows ``NOTSET``, as LMCache does). ``?logger_name=x&level=L``: sets the
+    logger and every handler attached to it to ``L``, answers ``Set x level to L
+    (including all handlers)``; an unknown level is 400 ``Invalid log level: L``.
+    ``level`` without ``logger_name`` answers 200 with a JSON ``null`` body
+    (``application/json``), which is what LMCache's handler returns there.
+``GET /threads`` (text/plain)
+    Per live thread ``Thread: <repr>`` and its stack (or ``No stack trace available``),
+    separated by blank lines, then ``=== Thread Summary ===`` / ``Total threads: N``
+    (N = threads shown). ``name``: case-insensitive substring; ``thread_id``: the
+    thread ident, ``0`` meaning no filter; a non-integer ``thread_id`` is 400
+    ``Invalid thread_id: <value>`` (text/plain).
+``GET /periodic-threads`` (JSON)
+    ``{"summary": {total_count, running_count, active_count, by_level}, "threads": [...]}``
+    from the server's :class:`~lmcache_core.observability.periodic.PeriodicThreadRegistry`.
+    The summary always covers the whole registry; ``level`` (case-insensitive),
+    ``running_only`` and ``active_only`` filter ``threads`` only. A bad level is 400
+    ``{"error": "Invalid level: X. Valid values: critical, high, medium, low"}``; a
+    boolean that is not one of ``true/false/1/0/yes/no/on/off`` is 400 ``{"error": ...}``.
+``GET /periodic-threads/{thread_name}`` (JSON)
+    One thread's status, or 404 ``{"error": "Thread not found: <name>"}``. The name is a
+    path parameter, so a name with ``/`` in it (plain or ``%2F``) is found too.
+``GET /periodic-threads-health`` (JSON, always 200)
+    ``{"healthy", "unhealthy_count", "unhealthy_threads": [{name, level, last_run_ago, interval}]}``
+    over the critical and high threads that are running but not active, as the seed
+    defines it. A thread that stopped (``is_running`` false) is not flagged here — the
+    core registry's ``unhealthy()`` would flag it, the seed does not; it shows in
+    ``/periodic-threads`` with ``is_running: false``.
+``GET /env`` (text/plain)
+    The process environment as JSON, keys sorted, indented by 2. The values of
+    variables whose names look secret (:func:`lmcache_core.config.is_secret_name`:
+    key, secret, token, password, passwd, credential, case-insensitive) are
+    ``"***"`` unless ``--env-show-secrets``; empty values stay empty.
+``POST /run_script`` (text/plain)
+    Multipart field ``script``: the file is run (:mod:`.sandbox` documents the
+    builtins, the importer and the time limit); 200 with ``str(result)`` or
+    ``Script executed successfully``; 400 ``No script file provided`` (no field,
+    a plain text field, or a body that is not a form); 500 ``Error executing
+    script: <reason>`` when it fails to compile, raises, imports a module that is
+    not allowed, or passes its time limit (the seed documents this 500).
+
+Safe by default (decided for our users; LMCache has neither):
+
+* ``/run_script`` answers 403 ``run_script is disabled (start the server with
+  --run-script-api-enabled)`` unless ``--run-script-api-enabled``. The check comes
+  before the body is read; nothing is compiled, imported or run. A Python sandbox
+  is not a security boundary, hence off by default and behind the admin token.
+* With ``--http-admin-token``, 401 ``{"error": "admin token required"}`` without
+  ``Authorization: Bearer <token>`` on: ``/loglevel`` in its *set* mode (one GET
+  handler serves all three modes, so it calls
+  :func:`lmcache_core.http.guard.has_admin_token` itself and raises
+  :class:`~lmcache_core.http.guard.AdminTokenRequired`; the token is checked before
+  the level, so an unauthenticated caller learns nothing), ``/threads``,
+  ``/periodic-threads``, ``/periodic-threads/{thread_name}``, ``/env`` and
+  ``/run_script`` (the guard runs before the enable check: 401, then 403).
+  The periodic-thread list and detail are guarded because ``last_summary`` carries
+  the text of a failing run's exception (paths, keys, hosts). Open: ``/loglevel``
+  list and read (levels are not secrets, and reading changes nothing) and
+  ``/periodic-threads-health`` (a probe, like ``/healthcheck``).
+
+Decisions where the seed is silent:
+
+* An empty query value (``?logger_name=``, ``?level=``, ``?name=``, ``?thread_id=``)
+  means the parameter is absent, as LMCache's truthiness checks treat it.
+* Levels: exactly ``CRITICAL FATAL ERROR WARN WARNING INFO DEBUG NOTSET`` in any case
+  (LMCache's ``getattr(logging, L.upper())`` also took ``BASIC_FORMAT`` or
+  ``getLogger``); the reply names the canonical upper-case level.
+* The list includes ``root`` first, then the other loggers sorted by name (LMCache
+  lists them unsorted and leaves root out). Placeholders (parents nobody created) are
+  skipped. Reading an unknown logger answers ``x: NOTSET`` without creating it, so a
+  read changes nothing; setting one creates it (as LMCache does), so a level can be
+  set before the module that logs there is imported. ``root`` names the root logger.
+* ``/threads`` formats stacks on a worker thread (it reads source lines from disk);
+  that worker shows in its own dump.
+* Periodic-thread JSON is encoded with unknown values stringified, so a thread's
+  odd ``extra_info`` cannot turn the listing into a 500.
+* ``/run_script``: upload at most :data:`MAX_SCRIPT_BYTES` (1 MiB; past it, 413 ``Script
+  larger than 1048576 bytes``, text/plain; a body over 1 MiB + 64 KiB is refused while it
+  streams, before it is parsed),
+  time limit ``--run-script-timeout-seconds`` (default 30 s). Allowed modules are
+  imported when a script imports them (LMCache imports them all at startup); at
+  startup, with the route enabled, a name that cannot be found is logged as a warning.
+  ``print`` writes to the server's stdout, as in LMCache. Scripts run in-process on
+  their own thread, so the event loop keeps serving meanwhile.
+
+Options (group "diagnostics plugin"; each also from ``LMCACHE_<DEST>``):
+``--run-script-api-enabled``, ``--script-allowed-imports`` (names separated by
+spaces or commas; env ``LMCACHE_SCRIPT_ALLOWED_IMPORTS=json,math``),
+``--run-script-timeout-seconds``, ``--env-show-secrets``. They are shown in
+``GET /conf`` under ``diagnostics``.
 """
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+from litestar import MediaType, Request, Response, Router, get, post
+from litestar.datastructures import UploadFile
+from litestar.exceptions import ClientException
+from litestar.params import FromPath, QueryParameter
+
+from lmcache_core import hookimpl
+from lmcache_core.config import is_secret_name
+from lmcache_core.http.deps import Server
+from lmcache_core.http.guard import AdminTokenRequired, has_admin_token, require_admin
+from lmcache_core.server import CacheServer
+
+from .sandbox import ScriptError, run_script
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "diagnostics"
+TEXT = MediaType.TEXT
+JSON = MediaType.JSON
+MAX_SCRIPT_BYTES = 1 << 20
+"""Largest accepted script upload (bytes)."""
+_MULTIPART_OVERHEAD = 64 << 10
+DEFAULT_SCRIPT_TIMEOUT_S = 30.0
+MASK = "***"
+
+LEVELS = {"CRITICAL": logging.CRITICAL, "FATAL": logging.FATAL, "ERROR": logging.ERROR, "WARN": logging.WARNING,
+          "WARNING": logging.WARNING, "INFO": logging.INFO, "DEBUG": logging.DEBUG, "NOTSET": logging.NOTSET}
+THREAD_LEVELS = ("critical", "high", "medium", "low")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+class DiagnosticsConfig(msgspec.Struct, kw_only=True):
+    """The plugin's options, registered for ``GET /conf``."""
+
+    run_script_api_enabled: bool = False
+    script_allowed_imports: list[str] = []
+    run_script_timeout_seconds: float = DEFAULT_SCRIPT_TIMEOUT_S
+    env_show_secrets: bool = False
+
+
+def _options(server: CacheServer) -> DiagnosticsConfig:
+    """This plugin's options from ``server.options``; the safe default for any that is missing."""
+    opts = server.options
+    return DiagnosticsConfig(
+        run_script_api_enabled=bool(getattr(opts, "run_script_api_enabled", False)),
+        script_allowed_imports=list(getattr(opts, "script_allowed_imports", None) or []),
+        run_script_timeout_seconds=float(getattr(opts, "run_script_timeout_seconds", DEFAULT_SCRIPT_TIMEOUT_S)),
+        env_show_secrets=bool(getattr(opts, "env_show_secrets", False)),
+    )
+
+
+def _text(body: str, status: int = 200) -> Response[str]:
+    return Response(body, status_code=status, media_type=TEXT)
+
+
+def _error(message: str, status: int) -> Response[dict[str, str]]:
+    return Response({"error": message}, status_code=status, media_type=JSON)
+
+
+def _json(doc: Any) -> Response[bytes]:
+    return Response(msgspec.json.encode(doc, enc_hook=str), media_type=JSON)
+
+
+# -- /loglevel -------------------------------------------------------------------------------
+
+
+def _level_name(logger_: logging.Logger) -> str:
+    return logging.getLevelName(logger_.level)
+
+
+def _existing_logger(name: str) -> logging.Logger | None:
+    """The logger called ``name`` if someone created it (``root`` is the root logger); never creates one."""
+    if name == "root":
+        return logging.getLogger()
+    found = logging.Logger.manager.loggerDict.get(name)
+    return found if isinstance(found, logging.Logger) else None
+
+
+def list_loggers() -> str:
+    """The list mode's text."""
+    loggers = dict(logging.Logger.manager.loggerDict)  # a copy: other threads create loggers meanwhile
+    lines = [f"root: {_level_name(logging.getLogger())}"]
+    lines += [f"{name}: {_level_name(lg)}" for name, lg in sorted(loggers.items()) if isinstance(lg, logging.Logger)]
+    return "=== Loggers and Levels ===\n" + "\n".join(lines)
+
+
+@get("/loglevel", sync_to_thread=False, summary="List, read or set logger levels (text/plain)")
+def loglevel(
+    request: Request[Any, Any, Any],
+    logger_name: Annotated[str | None, QueryParameter(description="logger to read or set")] = None,
+    level: Annotated[str | None, QueryParameter(description="new level (needs logger_name)")] = None,
+) -> Response[Any]:
+    """List (no parameters), read (``logger_name``) or set (``logger_name`` + ``level``; admin-guarded)."""
+    if not logger_name:
+        if level:
+            return Response(b"null", media_type=JSON)
+        return _text(list_loggers())
+    if not level:
+        found = _existing_logger(logger_name)
+        return _text(f"{logger_name}: {_level_name(found) if found is not None else 'NOTSET'}")
+    if not has_admin_token(request):
+        raise AdminTokenRequired()
+    canonical = level.strip().upper()
+    if canonical not in LEVELS:
+        return _text(f"Invalid log level: {level}", 400)
+    value = LEVELS[canonical]
+    target = logging.getLogger() if logger_name == "root" else logging.getLogger(logger_name)
+    target.setLevel(value)
+    for handler in list(target.handlers):
+        handler.setLevel(value)
+    return _text(f"Set {logger_name} level to {logging.getLevelName(value)} (including all handlers)")
+
+
+# -- /threads --------------------------------------------------------------------------------
+
+
+def thread_dump(name: str | None, thread_id: int) -> str:
+    """The ``/threads`` text for the threads whose name contains ``name`` and whose ident is ``thread_id``."""
+    frames = sys._current_frames()
+    needle = name.lower() if name else None
+    blocks = []
+    for thread in threading.enumerate():
+        if needle is not None and needle not in thread.name.lower():
+            continue
+        if thread_id and thread.ident != thread_id:
+            continue
+        frame = frames.get(thread.ident) if thread.ident is not None else None
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "No stack trace available"
+        blocks.append(f"Thread: {thread!r}\n{stack}")
+    del frames  # frames keep every thread's locals alive
+    summary = f"=== Thread Summary ===\nTotal threads: {len(blocks)}"
+    return "\n\n".join([*blocks, summary])
+
+
+@get("/threads", sync_to_thread=True, guards=[require_admin], summary="Live threads with stack traces (text/plain)")
+def threads(
+    name: Annotated[str | None, QueryParameter(description="case-insensitive substring of the thread name")] = None,
+    thread_id: Annotated[str | None, QueryParameter(description="thread ident (0: no filter)")] = None,
+) -> Response[str]:
+    """Every live thread (filtered) with its stack, then the count."""
+    ident = 0
+    if thread_id:
+        if not _DIGITS.fullmatch(thread_id.strip()):
+            return _text(f"Invalid thread_id: {thread_id[:100]}", 400)
+        ident = int(thread_id.strip())
+    return _text(thread_dump(name, ident))
+
+
+# -- /periodic-threads -----------------------------------------------------------------------
+
+
+def _registry_summary(server: CacheServer) -> dict[str, Any]:
+    registry = server.threads
+    if registry is not None:
+        return registry.get_summary()
+    return {"total_count": 0, "running_count": 0, "active_count": 0,
+            "by_level": {lvl: {"total": 0, "running": 0, "active": 0} for lvl in THREAD_LEVELS}, "threads": []}
+
+
+def _flag(name: str, value: str | None) -> bool:
+    if value is None or value == "":
+        return False
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"Invalid {name}: {value[:100]}. Valid values: true, false")
+
+
+@get("/periodic-threads", sync_to_thread=False, guards=[require_admin], summary="Periodic thread registry")
+def periodic_threads(
+    server: Server,
+    level: Annotated[str | None, QueryParameter(description="critical, high, medium or low")] = None,
+    running_only: Annotated[str | None, QueryParameter(description="only running threads")] = None,
+    active_only: Annotated[str | None, QueryParameter(description="only active threads")] = None,
+) -> Response[Any]:
+    """Summary of the whole registry, plus the threads that pass the filters."""
+    wanted = level.lower() if level else None
+    if wanted is not None and wanted not in THREAD_LEVELS:
+        return _error(f"Invalid level: {level}. Valid values: {', '.join(THREAD_LEVELS)}", 400)
+    try:
+        running, active = _flag("running_only", running_only), _flag("active_only", active_only)
+    except ValueError as exc:
+        return _error(str(exc), 400)
+    summary = _registry_summary(server)
+    statuses = summary.pop("threads")
+    shown = [s for s in statuses if (wanted is None or s["level"] == wanted)
+             and (not running or s["is_running"]) and (not active or s["is_active"])]
+    return _json({"summary": summary, "threads": shown})
+
+
+@get("/periodic-threads/{thread_name:path}", sync_to_thread=False, guards=[require_admin],
+     summary="One periodic thread")
+def periodic_thread(server: Server, thread_name: FromPath[str]) -> Response[Any]:
+    """One thread's status; 404 ``{"error": "Thread not found: <name>"}``."""
+    thread_name = thread_name.removeprefix("/")  # a ``path`` parameter keeps its leading slash
+    registry = server.threads
+    thread = registry.get(thread_name) if registry is not None else None
+    if thread is None:
+        return _error(f"Thread not found: {thread_name}", 404)
+    return _json(thread.get_status())
+
+
+@get("/periodic-threads-health", sync_to_thread=False, summary="Critical/high periodic threads that stalled")
+def periodic_threads_health(server: Server) -> Response[Any]:
+    """Always 200; ``healthy`` is false when a running critical or high thread stopped ticking."""
+    unhealthy = [{"name": s["name"], "level": s["level"], "last_run_ago": s["last_run_ago"], "interval": s["interval"]}
+                 for s in _registry_summary(server)["threads"]
+                 if s["level"] in ("critical", "high") and s["is_running"] and not s["is_active"]]
+    return _json({"healthy": not unhealthy, "unhealthy_count": len(unhealthy), "unhealthy_threads": unhealthy})
+
+
+# -- /env ------------------------------------------------------------------------------------
+
+
+def env_document(environ: dict[str, str], show_secrets: bool) -> str:
+    """Sorted, indented JSON of ``environ`` with secret-looking values masked unless ``show_secrets``."""
+    shown = {k: (MASK if not show_secrets and v and is_secret_name(k) else v) for k, v in environ.items()}
+    return json.dumps(shown, indent=2, sort_keys=True)
+
+
+@get("/env", sync_to_thread=False, guards=[require_admin], summary="Process environment (text/plain)")
+def env(server: Server) -> Response[str]:
+    """The environment as sorted, pretty-printed JSON, served as text/plain."""
+    return _text(env_document(dict(os.environ), _options(server).env_show_secrets))
+
+
+# -- /run_script -----------------------------------------------------------------------------
+
+
+@post("/run_script", status_code=200, guards=[require_admin],
+      request_max_body_size=MAX_SCRIPT_BYTES + _MULTIPART_OVERHEAD,
+      summary="Run an uploaded script (off unless --run-script-api-enabled)")
+async def run_script_route(request: Request[Any, Any, Any], server: Server) -> Response[str]:
+    """403 unless enabled; 400 without a ``script`` file; 200 with the result; 500 when the script fails."""
+    config = _options(server)
+    if not config.run_script_api_enabled:
+        return _text("run_script is disabled (start the server with --run-script-api-enabled)", 403)
+    try:
+        form = await request.form()
+    except ClientException as exc:  # a malformed multipart body; 413 when it is over the size limit
+        if exc.status_code == 413:
+            return _text(f"Script larger than {MAX_SCRIPT_BYTES} bytes", 413)
+        return _text("No script file provided", 400)
+    upload = form.get("script")
+    if not isinstance(upload, UploadFile):
+        return _text("No script file provided", 400)
+    try:
+        source = await upload.read(MAX_SCRIPT_BYTES + 1)
+    finally:
+        await upload.close()
+    if len(source) > MAX_SCRIPT_BYTES:
+        return _text(f"Script larger than {MAX_SCRIPT_BYTES} bytes", 413)
+    try:
+        text = await anyio.to_thread.run_sync(
+            lambda: run_script(source, allowed_imports=config.script_allowed_imports,
+                               timeout_s=config.run_script_timeout_seconds,
+                               extra_globals={"app": request.app, "server": server}))
+    except ScriptError as exc:
+        return _text(f"Error executing script: {exc}", 500)
+    return _text(text)
+
+
+# -- options and hooks -----------------------------------------------------------------------
+
+
+def _module_names(text: str) -> list[str]:
+    """``"json, math os.path"`` → ``["json", "math", "os.path"]``; a malformed name is a usage error."""
+    names = [n for n in re.split(r"[,\s]+", text.strip()) if n]
+    for name in names:
+        if not _MODULE_NAME.fullmatch(name):
+            raise argparse.ArgumentTypeError(f"{name!r} is not a module name")
+    return names
+
+
+_module_names.__name__ = "module list"
+
+
+class _ExtendModules(argparse.Action):
+    """``--script-allowed-imports a b,c`` → ``["a", "b", "c"]`` (each token is already a list)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Sequence[Any] | str | None, option_string: str | None = None) -> None:
+        flat: list[str] = []
+        for item in values or []:
+            flat.extend(item if isinstance(item, list) else [item])
+        setattr(namespace, self.dest, flat)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive, finite number of seconds")
+    return value
+
+
+_positive_seconds.__name__ = "seconds"
+
+
+@hookimpl
+def lmcache_add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("diagnostics plugin", "POST /run_script and GET /env.")
+    group.add_argument("--run-script-api-enabled", action="store_true", default=False,
+                       help="enable POST /run_script (runs uploaded Python in-process: not a sandbox; "
+                            "set --http-admin-token too)")
+    group.add_argument("--script-allowed-imports", nargs="*", type=_module_names, action=_ExtendModules,
+                       default=[], metavar="MODULE",
+                       help="modules a /run_script script may import (space- or comma-separated)")
+    group.add_argument("--run-script-timeout-seconds", type=_positive_seconds, default=DEFAULT_SCRIPT_TIMEOUT_S,
+                       help="time limit of one /run_script script")
+    group.add_argument("--env-show-secrets", action="store_true", default=False,
+                       help="GET /env shows the values of variables named like *KEY*, *SECRET*, *TOKEN*, "
+                            "*PASSWORD*, *CREDENTIAL* (masked otherwise)")
+
+
+@hookimpl
+def lmcache_register_routes(register: Any) -> None:
+    register(Router(path="/", route_handlers=[loglevel, threads, periodic_threads, periodic_thread,
+                                             periodic_threads_health, env, run_script_route],
+                    tags=["diagnostics"]))
+
+
+@hookimpl
+def lmcache_startup(server: CacheServer) -> None:
+    config = _options(server)
+    server.register_config(CONFIG_NAME, config)
+    if not config.run_script_api_enabled:
+        return
+    if getattr(server.configs.get("http"), "http_admin_token", None):
+        logger.warning("POST /run_script is enabled: it runs uploaded Python in this process (admin token required)")
+    else:
+        logger.warning("POST /run_script is enabled WITHOUT --http-admin-token: anyone who reaches the HTTP port "
+                       "can run Python in this process")
+    for name in config.script_allowed_imports:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            logger.warning("--script-allowed-imports: module %r cannot be found; scripts importing it will fail", name)
