@@ -1,1 +1,1 @@
-"""lmcache-server route plugin: quota."""
+"""lmcache-server route plugin: per-``cache_salt`` quotas (``/quota`` routes); see :mod:`.plugin`."""

@@ -1,5 +1,260 @@
-"""The quota route group. Installed and discovered like every plugin; it implements no hooks yet.
+"""Per-``cache_salt`` quotas: ``PUT/GET/DELETE /quota/{cache_salt}`` and ``GET /quota``.
 
-Its routes arrive with the issue that builds them; until then the plugin loads,
-shows in ``GET /plugins`` with no hooks, and contributes nothing.
+The routes read and write the engine's one :class:`~lmcache_core.storage.quota.QuotaManager`
+(``server.storage.quotas``): the object every eviction controller (L1 and each L2
+adapter) asks for a salt's limit when its policy is IsolatedLRU. Usage is the
+QuotaManager's sum over its usage providers: L1 and every L2 adapter.
+
+Routes (every 503 is ``{"error": "engine not initialized"}``; other errors are
+``{"error": "<message>"}``; every body is ``application/json``):
+
+``PUT /quota/{cache_salt}`` (admin guard)
+    Body ``{"limit_gb": <number>}`` in GiB. 200 ``{"cache_salt", "limit_gb", "status": "ok"}``;
+    ``limit_gb`` echoes the number sent. 400 for: a body that is not JSON
+    (``invalid JSON body``); not an object or no ``limit_gb`` (``body must be {'limit_gb': <float>}``);
+    a ``limit_gb`` that is not a JSON number (``limit_gb must be numeric``); NaN or
+    ±Infinity, or an integer too large for a double (``limit_gb must be finite``);
+    a negative number (``limit_gb must be non-negative``); a number whose byte count
+    overflows a double (``limit_gb is too large``); a salt no key can carry
+    (``invalid cache_salt: ...``). Stored as ``int(limit_gb * 2**30)`` bytes.
+``GET /quota/{cache_salt}``
+    200 ``{"cache_salt", "limit_gb", "current_usage_gb", "exists"}``; never 404: a
+    salt without a quota answers ``exists: false`` and ``limit_gb: 0.0``.
+``DELETE /quota/{cache_salt}`` (admin guard)
+    200 ``{"cache_salt", "status": "removed"}``, or ``"not_found"`` when there was none.
+``GET /quota``
+    200 ``{"users": {salt: {"limit_gb", "current_usage_gb"}}}``, registered salts only.
+
+The path sentinel ``_default`` stands for the empty salt, in and out, so a salt
+literally named ``_default`` cannot be managed apart from un-salted traffic (as in
+LMCache). Limits in responses are the stored bytes over ``2**30`` (PUT echoes
+the input instead), so ``PUT 0.1`` reads back as ``0.09999999962747097``.
+
+Decisions where the seed is silent:
+
+* ``limit_gb`` must be a JSON number. LMCache runs ``float()`` over the value, so it
+  takes ``"10"``, ``"inf"`` (then refused as not finite) and ``true`` (as 1.0);
+  here strings and booleans are ``limit_gb must be numeric``: the contract says a
+  float, and ``true`` GiB is a client bug. The JSON literals ``NaN``/``Infinity``
+  (which Python's parser, and so LMCache's, accepts) parse and are refused as not finite.
+* ``0`` is accepted: it is non-negative. Under IsolatedLRU a limit of 0 evicts the
+  salt's data like no quota at all, but the entry stays listed (LMCache's semantics).
+* Extra body fields are ignored (as in LMCache), so a newer client's fields do no harm.
+* The Content-Type header is not checked (LMCache does not either); the body must be JSON.
+* A PUT for a salt that no stored object can carry (more than 128 characters, or
+  containing ``@``, ``/``, ``\\`` or NUL, :func:`lmcache_core.keys.validate_cache_salt`)
+  is 400: such a quota could never apply and would only grow the table. GET and DELETE
+  take any salt (it simply has no quota: ``exists: false`` / ``not_found``), so a
+  read never fails on its path. The salt is the raw path segment, percent-decoded
+  (:func:`salt_of`), not the router's normalised path: ``PUT /quota/a%2F`` and
+  ``PUT /quota/a/`` are refused for the salt ``a/`` rather than changing ``a``. An
+  encoded slash inside a segment (``/quota/a%2Fb``) makes two segments for the router,
+  so no route matches (Litestar's 404, the one 404 these paths give), and
+  ``/quota/`` (or ``/quota/%2F``) is the list route (GET) or a 405.
+* PUT checks the salt before the body, so a bad salt with a bad body names the salt.
+* URLs are as long as uvicorn accepts (a request line past its limit is its own 400).
+* A number so large that ``limit_gb * 2**30`` is not finite (e.g. ``1e300``) is 400;
+  LMCache answers 500 there (an ``OverflowError``), and for integers past a double too.
+
+Departures from LMCache:
+
+* ``current_usage_gb`` counts L1 as well as every L2 adapter (LMCache sums the L2
+  adapters only): here IsolatedLRU applies to L1 too, and an operator sizing a
+  quota wants to see every byte the salt holds. Each tier enforces the limit on
+  its own bytes, so the sum may exceed ``limit_gb`` while no tier is over it.
+* PUT and DELETE carry the admin-token guard (``--http-admin-token``); reads stay open.
+
+As in LMCache, quotas live in memory only: a restart starts with an empty table.
 """
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.parse
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, Router, delete, get, put
+from litestar.params import FromPath
+
+from lmcache_core import hookimpl
+from lmcache_core.http.deps import Engine, unavailable_body
+from lmcache_core.http.guard import require_admin
+from lmcache_core.keys import InvalidKeyError, validate_cache_salt
+from lmcache_core.server import CacheServer
+from lmcache_core.storage.quota import QuotaManager, bytes_to_gib, gib_to_bytes
+
+DEFAULT_SALT_SENTINEL = "_default"
+"""The path segment that stands for the empty ``cache_salt`` (un-salted traffic)."""
+
+UNAVAILABLE_BODY = {"error": "engine not initialized"}
+ROUTE_PREFIX = b"/quota/"
+
+
+class QuotaSet(msgspec.Struct):
+    """Response of ``PUT /quota/{cache_salt}``."""
+
+    cache_salt: str
+    limit_gb: float
+    status: str = "ok"
+
+
+class QuotaInfo(msgspec.Struct):
+    """Response of ``GET /quota/{cache_salt}``."""
+
+    cache_salt: str
+    limit_gb: float
+    current_usage_gb: float
+    exists: bool
+
+
+class QuotaRemoved(msgspec.Struct):
+    """Response of ``DELETE /quota/{cache_salt}``: ``status`` is ``removed`` or ``not_found``."""
+
+    cache_salt: str
+    status: str
+
+
+class QuotaUsage(msgspec.Struct):
+    """One salt's entry in ``GET /quota``."""
+
+    limit_gb: float
+    current_usage_gb: float
+
+
+class QuotaTable(msgspec.Struct):
+    """Response of ``GET /quota``: every registered salt (``_default`` for the empty one)."""
+
+    users: dict[str, QuotaUsage]
+
+
+class QuotaRequestError(ValueError):
+    """A client's mistake in a quota request; its message becomes the 400 ``error``."""
+
+
+def salt_from_path(path_salt: str) -> str:
+    """The ``cache_salt`` a path segment names (``_default`` → ``""``)."""
+    return "" if path_salt == DEFAULT_SALT_SENTINEL else path_salt
+
+
+def salt_of(request: Request[Any, Any, Any], path_salt: str) -> str:
+    """The ``cache_salt`` the client wrote: its path segment, percent-decoded, nothing else.
+
+    The router matches a normalised path (``%2F`` decoded, empty segments and a trailing
+    ``/`` dropped), so ``/quota/a%2F``, ``/quota//a`` and ``/quota/a/`` all reach the route
+    with ``a``. Reading the raw segment instead keeps a write meant for ``a/`` (refused: no
+    key can carry it) from landing on ``a``.
+    """
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes):
+        raw = raw.partition(b"?")[0]
+        at = raw.find(ROUTE_PREFIX)
+        if at >= 0:
+            # As the ASGI server decodes a path: UTF-8, undecodable bytes replaced.
+            path_salt = urllib.parse.unquote_to_bytes(raw[at + len(ROUTE_PREFIX):]).decode("utf-8", "replace")
+    return salt_from_path(path_salt)
+
+
+def salt_to_path(cache_salt: str) -> str:
+    """How a ``cache_salt`` is written in responses (``""`` → ``_default``)."""
+    return DEFAULT_SALT_SENTINEL if cache_salt == "" else cache_salt
+
+
+def parse_limit(raw: bytes) -> tuple[float, int]:
+    """A PUT body → ``(limit_gb as sent, limit in bytes)``; :class:`QuotaRequestError` for anything else."""
+    try:
+        # The stdlib parser, like LMCache's: NaN / Infinity literals parse, so they are refused
+        # below as "not finite" rather than as bad JSON. It raises ValueError for bad UTF-8 and
+        # integers past 4300 digits, RecursionError for absurd nesting.
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise QuotaRequestError("invalid JSON body") from None
+    if not isinstance(body, dict) or "limit_gb" not in body:
+        raise QuotaRequestError("body must be {'limit_gb': <float>}")
+    value = body["limit_gb"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise QuotaRequestError("limit_gb must be numeric")
+    try:
+        limit_gb = float(value)
+    except OverflowError:  # an integer beyond the largest double
+        raise QuotaRequestError("limit_gb must be finite") from None
+    if not math.isfinite(limit_gb):
+        raise QuotaRequestError("limit_gb must be finite")
+    if limit_gb < 0:
+        raise QuotaRequestError("limit_gb must be non-negative")
+    try:
+        limit_bytes = gib_to_bytes(limit_gb)
+    except ValueError:  # finite GiB whose byte count is not (e.g. 1e300)
+        raise QuotaRequestError("limit_gb is too large") from None
+    return limit_gb + 0.0, limit_bytes  # + 0.0 turns -0.0 into 0.0
+
+
+def quotas_of(engine: CacheServer) -> QuotaManager:
+    """The QuotaManager the eviction controllers read (the engine is ready, so storage exists)."""
+    assert engine.storage is not None
+    return engine.storage.quotas
+
+
+def _bad(message: str) -> Response[Any]:
+    return Response({"error": message}, status_code=400)
+
+
+@put("/{cache_salt:str}", status_code=200, guards=[require_admin], summary="Create or update a quota",
+     description="Body `{\"limit_gb\": <number>}` (GiB; finite, non-negative). `_default` is the empty salt.")
+async def set_quota(engine: Engine, request: Request[Any, Any, Any],
+                    cache_salt: FromPath[str]) -> QuotaSet | Response[Any]:
+    """Validate the salt and the body, then set the limit (a dict write under the manager's lock)."""
+    salt = salt_of(request, cache_salt)
+    try:
+        validate_cache_salt(salt)
+    except InvalidKeyError as exc:
+        return _bad(f"invalid cache_salt: {str(exc).removeprefix('cache_salt ')}")
+    raw = await request.body()
+    try:
+        limit_gb, limit_bytes = parse_limit(raw)
+    except QuotaRequestError as exc:
+        return _bad(str(exc))
+    quotas_of(engine).set_quota(salt, limit_bytes)
+    return QuotaSet(cache_salt=salt_to_path(salt), limit_gb=limit_gb)
+
+
+# The reads ask every tier for its usage (each takes its own lock): off the event loop.
+@get("/{cache_salt:str}", sync_to_thread=True, summary="Quota and live usage of one cache_salt")
+def get_quota(engine: Engine, request: Request[Any, Any, Any], cache_salt: FromPath[str]) -> QuotaInfo:
+    """Never 404: a salt without a quota has ``exists: false`` and ``limit_gb: 0.0``."""
+    salt = salt_of(request, cache_salt)
+    quotas = quotas_of(engine)
+    limit = quotas.get_quota(salt)
+    usage = quotas.usage_bytes(salt)
+    return QuotaInfo(cache_salt=salt_to_path(salt), limit_gb=bytes_to_gib(limit or 0),
+                     current_usage_gb=bytes_to_gib(usage), exists=limit is not None)
+
+
+@delete("/{cache_salt:str}", status_code=200, sync_to_thread=False, guards=[require_admin],
+        summary="Remove a quota")
+def delete_quota(engine: Engine, request: Request[Any, Any, Any], cache_salt: FromPath[str]) -> QuotaRemoved:
+    """``removed``, or ``not_found`` when the salt had no quota (still 200)."""
+    salt = salt_of(request, cache_salt)
+    removed = quotas_of(engine).delete_quota(salt)
+    return QuotaRemoved(cache_salt=salt_to_path(salt), status="removed" if removed else "not_found")
+
+
+@get("/", sync_to_thread=True, summary="Every registered quota with live usage")
+def list_quotas(engine: Engine) -> QuotaTable:
+    """Registered salts only; usage of unregistered salts is not listed."""
+    quotas = quotas_of(engine)
+    limits = quotas.list_quotas()
+    usage = quotas.usage_by_salt()
+    return QuotaTable(users={
+        salt_to_path(salt): QuotaUsage(limit_gb=bytes_to_gib(limit), current_usage_gb=bytes_to_gib(usage.get(salt, 0)))
+        for salt, limit in sorted(limits.items())})
+
+
+router = Router(path="/quota", route_handlers=[list_quotas, set_quota, get_quota, delete_quota], tags=["quota"],
+                opt=unavailable_body(UNAVAILABLE_BODY))
+
+
+@hookimpl
+def lmcache_register_routes(register: Any) -> None:
+    register(router)
