@@ -392,7 +392,9 @@ class L2Adapter(abc.ABC):
         if notify and keys:
             self._notify("on_l2_keys_stored", keys, sizes)
 
-    def _account_deleted(self, keys: list[ObjectKey]) -> None:
+    def _account_deleted(self, keys: list[ObjectKey], *, removed: Sequence[ObjectKey] = ()) -> None:
+        """Drop ``keys`` from the books; listeners hear of those that were accounted and of
+        ``removed`` (objects known to be deleted now, accounted or not: another server's files)."""
         gone = []
         with self._lock:
             for k in keys:
@@ -400,8 +402,9 @@ class L2Adapter(abc.ABC):
                 if size is not None:
                     self._adjust(k.cache_salt, -size)
                     gone.append(k)
-        if gone:
-            self._notify("on_l2_keys_deleted", gone)
+        told = list(dict.fromkeys([*removed, *gone])) if removed else gone
+        if told:
+            self._notify("on_l2_keys_deleted", told)
 
     def _failed(self, op: str) -> None:
         self.failures[op] += 1
@@ -499,7 +502,7 @@ class L2Adapter(abc.ABC):
                 continue
             (absent if size is None else deleted).append(k)
         # An absent key may still be accounted (removed behind our back): drop it from the books too.
-        self._account_deleted(deleted + absent)
+        self._account_deleted(deleted + absent, removed=deleted)
         if deleted:
             metrics.L2_DELETED.labels(self.l2_name).inc(len(deleted))
         return DeleteReport(deleted, absent, [k for k in dict.fromkeys(keys) if k in locked], failed)

@@ -306,21 +306,24 @@ class WarmPrefetchJobs:
         self._lock = threading.Lock()
         self._jobs: dict[str, _WarmJob] = {}
         self._completed: OrderedDict[str, float] = OrderedDict()  # request id -> completion time, oldest first
-        self.ttl_s = self.max_completed = 0  # set by configure
+        self.ttl_s = DEFAULT_WARM_JOB_TTL_S
+        self.max_completed = DEFAULT_WARM_JOB_MAX_COMPLETED
         self.expired = 0
         self.configure(ttl_s=ttl_s, max_completed=max_completed)
 
     def configure(self, *, ttl_s: float | None = None, max_completed: int | None = None) -> None:
         """Change the retention of unpolled completed jobs (``ttl_s`` > 0, ``max_completed`` >= 1)."""
-        if ttl_s is not None:
-            if not ttl_s > 0:
-                raise ValueError(f"warm prefetch job TTL must be > 0 seconds, got {ttl_s!r}")
-            self.ttl_s = float(ttl_s)
-        if max_completed is not None:
-            if isinstance(max_completed, bool) or not isinstance(max_completed, int) or max_completed < 1:
-                raise ValueError(f"warm prefetch max completed jobs must be an int >= 1, got {max_completed!r}")
-            self.max_completed = max_completed
-        self.sweep()
+        if ttl_s is not None and not ttl_s > 0:
+            raise ValueError(f"warm prefetch job TTL must be > 0 seconds, got {ttl_s!r}")
+        if max_completed is not None and (isinstance(max_completed, bool) or not isinstance(max_completed, int)
+                                          or max_completed < 1):
+            raise ValueError(f"warm prefetch max completed jobs must be an int >= 1, got {max_completed!r}")
+        with self._lock:
+            if ttl_s is not None:
+                self.ttl_s = float(ttl_s)
+            if max_completed is not None:
+                self.max_completed = max_completed
+            self._expire_locked(self.clock())
 
     def submit(self, keys: Sequence[ObjectKey], object_nbytes: int) -> str:
         """Start warming ``keys`` into L1; the request id to poll. RuntimeError once the controller is closed."""

@@ -178,6 +178,38 @@ def test_locked_keys_survive_a_delete(make_live: Any) -> None:
     assert live.data_files() == set()
 
 
+def test_deletions_reach_the_adapter_listeners_even_for_another_servers_files(make_live: Any) -> None:
+    """A second adapter on the same directory (another server sharing the FS tier) writes an object ours
+    never accounted; deleting it through the route still tells our listeners, as the seed says."""
+    from lmcache_plugin_fs.adapter import FSAdapterConfig, FSL2Adapter
+
+    from lmcache_core.storage.l2.base import L2AdapterContext, L2Listener
+
+    live = make_live()
+    ours = stored_in_l2(live)
+    assert live.base is not None
+    other = FSL2Adapter(FSAdapterConfig(base_path=str(live.base)), L2AdapterContext(0, "fs"))
+    try:
+        foreign = direct_keys(1, start=5)[0]
+        assert other.store([foreign], [bytes(64)]).result(30) == [True]
+    finally:
+        other.close()
+    adapter = live.server.storage.l2_adapters[0]
+    heard: list[ObjectKey] = []
+
+    class Recorder(L2Listener):
+        def on_l2_keys_deleted(self, adapter: Any, keys: Any) -> None:
+            heard.extend(keys)
+
+    adapter.register_listener(Recorder())
+    used = adapter.usage().total_bytes_used
+    body = {"keys": [encoded(foreign), encoded(ours[0]), encoded(direct_keys(1, start=6)[0])]}
+    assert live.delete(body).json() == {"requested": 3, "adapter": "fs", "ok": True}
+    assert set(heard) == {foreign, ours[0]} and len(heard) == 2  # the absent third key is not an event
+    assert adapter.usage().total_bytes_used == used // 2  # only our own object was ever accounted
+    assert live.data_files() == {fs_file_name(ours[1])}
+
+
 def test_adapter_selector_targets_the_first_adapter_of_that_type(make_live: Any, tmp_path: Any) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     live = make_live(adapters=[{"type": "memory"}, {"type": "fs", "base_path": str(a)},

@@ -391,6 +391,15 @@ def test_config_is_registered_and_applied(make_live: Any) -> None:
     assert status["completed_job_ttl_seconds"] == 42.0 and status["max_completed_jobs"] == 7
 
 
+def test_the_registry_refuses_a_retention_that_would_keep_nothing_or_forever(make_live: Any) -> None:
+    jobs = make_live().server.storage.warm_jobs
+    for bad in ({"ttl_s": 0}, {"ttl_s": -1.0}, {"ttl_s": float("nan")}, {"max_completed": 0},
+                {"max_completed": 1.5}, {"max_completed": True}):
+        with pytest.raises(ValueError):
+            jobs.configure(**bad)
+    assert (jobs.ttl_s, jobs.max_completed) == (600.0, 10_000)
+
+
 def test_metrics_count_jobs_and_reset(make_live: Any) -> None:
     from lmcache_core.observability.metrics import reset_all
 

@@ -305,7 +305,7 @@ def _list(server: CacheServer, selector: str | None, model_name: str | None, pag
     except NotImplementedError as exc:  # ListingNotSupported
         return _error(501, f"L2 adapter {adapter.type_name!r} does not support listing: {exc}")
     except ValueError as exc:
-        return _error(400, f"malformed page_token: {exc}")
+        return _error(400, f"malformed page_token for L2 adapter {adapter.type_name!r}: {exc}")
     except Exception as exc:
         logger.warning("GET /l2/keys on %s failed: %s", adapter.l2_name, exc)
         return _error(503, f"L2 adapter {adapter.type_name!r} failed to list: {type(exc).__name__}: {exc}")
