@@ -132,3 +132,20 @@ def test_every_adapter_gets_prometheus_metrics(adapter):
     assert tuple(a - b for a, b in zip(after, before)) == (2.0, 1.0, 1.0)
     assert value("lmcache_mp_l2_usage_bytes") == 32.0
     assert adapter.reconfigurable is False
+
+
+def test_store_and_load_tasks_observe_their_bandwidth_and_loads_in_flight_return_to_zero(adapter):
+    from prometheus_client import REGISTRY
+
+    def value(name):
+        return REGISTRY.get_sample_value(name, {"l2_name": "memory:0"}) or 0.0
+
+    stores, loads = (value("lmcache_mp_l2_store_throughput_GB_per_second_count"),
+                     value("lmcache_mp_l2_load_throughput_GB_per_second_count"))
+    adapter.store([key(1), key(2)], [torch.ones(4096, dtype=torch.uint8)] * 2).result(10)
+    adapter.load([key(1), key(2)], [torch.zeros(4096, dtype=torch.uint8) for _ in range(2)]).result(10)
+    adapter.load([key(7)], [torch.zeros(4096, dtype=torch.uint8)]).result(10)  # a miss observes nothing
+    assert value("lmcache_mp_l2_store_throughput_GB_per_second_count") == stores + 1
+    assert value("lmcache_mp_l2_load_throughput_GB_per_second_count") == loads + 1
+    assert value("lmcache_mp_l2_store_throughput_GB_per_second_sum") > 0
+    assert value("lmcache_mp_num_inflight_l2_loads") == 0

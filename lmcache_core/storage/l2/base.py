@@ -32,6 +32,7 @@ import abc
 import ctypes
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -426,6 +427,7 @@ class L2Adapter(abc.ABC):
     def _store_all(self, keys: list[ObjectKey], objs: list[Any]) -> list[bool]:
         ok: list[bool] = []
         stored, sizes = [], []
+        started = time.perf_counter()
         for k, obj in zip(keys, objs):
             try:
                 data = as_bytes_view(obj)
@@ -438,9 +440,12 @@ class L2Adapter(abc.ABC):
             ok.append(True)
             stored.append(k)
             sizes.append(data.nbytes)
+        elapsed = time.perf_counter() - started
         self._account_stored(stored, sizes, notify=True)
         if stored:
             metrics.L2_STORED.labels(self.l2_name).inc(len(stored))
+            if elapsed > 0:
+                metrics.L2_STORE_GBPS.labels(self.l2_name).observe(sum(sizes) / elapsed / 1e9)
         return ok
 
     def _lookup_all(self, keys: list[ObjectKey]) -> list[bool]:
@@ -464,15 +469,29 @@ class L2Adapter(abc.ABC):
 
     def _load_all(self, keys: list[ObjectKey], bufs: list[Any]) -> list[bool]:
         ok = []
-        for k, buf in zip(keys, bufs):
-            try:
-                ok.append(bool(self._get(k, as_bytes_view(buf))))
-                if ok[-1]:
-                    metrics.L2_LOADED.labels(self.l2_name).inc()
-            except Exception as exc:
-                self._failed("load")
-                logger.warning("L2 %s #%d: load failed: %s", self.type_name, self.index, exc)
-                ok.append(False)
+        loaded_bytes = 0
+        in_flight = metrics.L2_LOADS_IN_FLIGHT.labels(self.l2_name)
+        in_flight.inc(len(keys))
+        started = time.perf_counter()
+        try:
+            for k, buf in zip(keys, bufs):
+                try:
+                    view = as_bytes_view(buf)
+                    ok.append(bool(self._get(k, view)))
+                    if ok[-1]:
+                        loaded_bytes += view.nbytes
+                except Exception as exc:
+                    self._failed("load")
+                    logger.warning("L2 %s #%d: load failed: %s", self.type_name, self.index, exc)
+                    ok.append(False)
+                in_flight.dec()
+        finally:
+            in_flight.dec(len(keys) - len(ok))  # what an unexpected error left uncounted
+        elapsed = time.perf_counter() - started
+        if any(ok):
+            metrics.L2_LOADED.labels(self.l2_name).inc(sum(ok))
+            if elapsed > 0 and loaded_bytes:
+                metrics.L2_LOAD_GBPS.labels(self.l2_name).observe(loaded_bytes / elapsed / 1e9)
         return ok
 
     def _delete_all(self, keys: list[ObjectKey]) -> list[bool]:
