@@ -47,6 +47,12 @@ def test_lru_evicts_from_l2_over_its_watermark_tail_first():
     sm = manager({"eviction_policy": "LRU", "trigger_watermark": 0.8, "eviction_ratio": 0.25}, capacity_objects=10)
     adapter = sm.l2_adapters[0]
     try:
+        from prometheus_client import REGISTRY
+
+        def evicted_metric() -> float:
+            return REGISTRY.get_sample_value("lmcache_mp_l2_evicted_objects_total", {"l2_name": "memory:0"}) or 0.0
+
+        evicted_before = evicted_metric()
         a, b = keys("a", 4), keys("b", 5)
         push(sm, a)
         push(sm, b)  # 9 of 10 objects: over 0.8
@@ -54,6 +60,7 @@ def test_lru_evicts_from_l2_over_its_watermark_tail_first():
         assert set(adapter.objects) == set(a[:2] + b)  # int(0.25 * 9) = 2, the oldest request's tail first
         status = sm.report_status()["l2_eviction_controller"]["adapters"][0]
         assert status["eviction_policy"] == "LRU" and status["evicted_total"] == 2
+        assert evicted_metric() == evicted_before + 2
     finally:
         sm.close()
 

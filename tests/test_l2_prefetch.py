@@ -51,12 +51,21 @@ def store_and_flush(server, client, adapter, tokens, rid):
 
 def test_after_clearing_l1_lookup_hits_from_l2_and_retrieve_is_byte_equal(live):
     server, client, kv, adapter = live
+    from prometheus_client import REGISTRY
+
+    def metric(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    names = ("lmcache_mp_l2_prefetch_lookup_objects_total", "lmcache_mp_l2_prefetch_load_submitted_objects_total",
+             "lmcache_mp_l2_prefetch_load_completed_objects_total")
     tokens = list(range(512))
     store_and_flush(server, client, adapter, tokens, "w")
     expected = [layer[:, :32].clone() for layer in kv.layers]
     client.clear(True)
     assert server.storage.l1.report_status()["total_object_count"] == 0
+    before = [metric(n) for n in names]
     assert client.lookup(make_key(tokens, "r", model_name=MODEL)) == 2
+    assert [metric(n) - b for n, b in zip(names, before)] == [2, 2, 2]
     for layer in kv.layers:
         layer[:, 32:].zero_()
     assert client.retrieve(make_key(tokens, "r", model_name=MODEL, worker_id=0), 1, [list(range(32, 64))]) == \
@@ -164,3 +173,36 @@ def test_warm_prefetch_loads_retained_objects_without_locks(live):
     assert l1["total_object_count"] == 2 and l1["read_locked_count"] == 0 and l1["temporary_count"] == 0
     assert server.storage.store_controller.pending() == 0  # not offered back to L2
     assert server.status()["storage_manager"]["l2_adapters"][0]["locked_key_count"] == 0
+
+
+def test_a_prefetch_that_finds_no_l1_room_counts_l1_oom_and_returns_the_prefix_that_fit():
+    import queue
+
+    from prometheus_client import REGISTRY
+
+    from lmcache_core.keys import ObjectKey
+    from lmcache_core.storage.l1 import L1Manager
+    from lmcache_core.storage.l2.base import L2AdapterConfig, L2AdapterContext
+    from lmcache_core.storage.l2.prefetch_controller import PrefetchController
+    from support import MemoryAdapter
+
+    obj = 4096
+    l1 = L1Manager(2 * obj, enable_metrics=False)  # room for 2 of the 4 chunks
+    adapter = MemoryAdapter(L2AdapterConfig(), L2AdapterContext(0, "memory", io_workers=1))
+    adapter.start()
+    chunks = [[ObjectKey(bytes([i]) * 32, "m", 0x01000100)] for i in range(4)]
+    assert adapter.store([c[0] for c in chunks], [torch.full((obj,), i, dtype=torch.uint8) for i in range(4)]) \
+        .result(10) == [True] * 4
+    controller = PrefetchController(l1, [adapter])
+    oom_before = REGISTRY.get_sample_value("lmcache_mp_l2_prefetch_failure_total", {"reason": "l1_oom"}) or 0.0
+    done: queue.Queue = queue.Queue()
+    try:
+        controller.submit(chunks, obj, 1, done.put)
+        loaded = done.get(timeout=10)
+        assert loaded == chunks[:2]
+        assert REGISTRY.get_sample_value("lmcache_mp_l2_prefetch_failure_total", {"reason": "l1_oom"}) == \
+            oom_before + 2
+    finally:
+        controller.close()
+        adapter.close()
+        l1.close()

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from lmcache_core.keys import ObjectKey
 from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.l1 import L1Result
+from lmcache_core.storage.l2 import metrics
 from lmcache_core.storage.l2.base import L2Adapter, L2Listener
 
 
@@ -37,6 +38,8 @@ class AdapterTier:
 
     def delete(self, keys: Sequence[ObjectKey], force: bool = False, *, evicted: bool = False) -> list[L1Result]:
         done = self.adapter.delete(keys).result()
+        if evicted and any(done):
+            metrics.L2_EVICTED.labels(self.adapter.l2_name).inc(sum(done))
         return [L1Result.SUCCESS if ok else L1Result.KEY_IS_LOCKED for ok in done]
 
 

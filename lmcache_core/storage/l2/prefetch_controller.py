@@ -184,6 +184,7 @@ class PrefetchController:
             return []
         found = [a.lookup_and_lock(flat) for a in self.adapters]
         hits = [f.result() for f in found]
+        PREFETCH_LOOKUP_OBJECTS.inc(len(flat))
         source = _plan_sources(flat, hits)
         prefix = _leading_complete(chunks, source)
         planned = [k for c in chunks[:prefix] for k in c]
@@ -213,14 +214,21 @@ class PrefetchController:
         prefix = _leading_complete(chunks, ok_reserve)
         keep = [k for c in chunks[:prefix] for k in c]
         keep_set = set(keep)
+        oom = sum(1 for r in reserved.results if r == L1Result.OUT_OF_MEMORY)
+        if oom:
+            PREFETCH_FAILURE.labels("l1_oom").inc(oom)
+        PREFETCH_LOAD_SUBMITTED.inc(len(keep))
         drop = [k for k in ok_reserve if k not in keep_set]
         if drop:
             self.l1.delete(drop, force=True)  # our own write reservations: nobody else can hold them
         if not keep:
             return []
         loaded_ok = self._load_into({k: ok_reserve[k] for k in keep}, source)
+        if len(loaded_ok) < len(keep):
+            PREFETCH_FAILURE.labels("load_failed").inc(len(keep) - len(loaded_ok))
         good = _leading_complete(chunks[:prefix], loaded_ok)
         handed = [k for c in chunks[:good] for k in c]
+        PREFETCH_LOAD_COMPLETED.inc(len(handed))
         handed_set = set(handed)
         rest = [k for k in keep if k not in handed_set]
         if handed:
@@ -257,9 +265,23 @@ WARM_JOBS_IN_FLIGHT = Gauge("lmcache_mp_l2_warm_prefetch_jobs_in_flight",
                             "Warm prefetch jobs submitted and not yet completed")
 
 
+# Lookup-driven prefetch (spec §5.2 l2_prefetch_lookup_objects, l2_prefetch_load_submitted_objects,
+# l2_prefetch_failure{reason}): what a LOOKUP (or a warm job) asked L2 for, what it loaded, and why not.
+PREFETCH_LOOKUP_OBJECTS = Counter("lmcache_mp_l2_prefetch_lookup_objects", "Objects looked up in L2 by prefetches")
+PREFETCH_LOAD_SUBMITTED = Counter("lmcache_mp_l2_prefetch_load_submitted_objects",
+                                  "Objects a prefetch reserved in L1 and started loading from L2")
+PREFETCH_LOAD_COMPLETED = Counter("lmcache_mp_l2_prefetch_load_completed_objects",
+                                  "Objects a prefetch loaded from L2 and handed to L1")
+PREFETCH_FAILURE = Counter("lmcache_mp_l2_prefetch_failure",
+                           "Objects a prefetch found in L2 but could not bring to L1: l1_oom (no L1 room), "
+                           "load_failed (the adapter's read failed or the object vanished)", ["reason"])
+
+
 def reset_warm_metrics() -> None:
-    """Zero the warm prefetch counters (``POST /metrics/reset``); the in-flight gauge is live."""
-    for counter in (WARM_JOBS_SUBMITTED, WARM_JOBS_COMPLETED, WARM_JOBS_EXPIRED, WARM_KEYS_LOADED):
+    """Zero the prefetch counters (``POST /metrics/reset``); the in-flight gauge is live."""
+    PREFETCH_FAILURE.clear()
+    for counter in (WARM_JOBS_SUBMITTED, WARM_JOBS_COMPLETED, WARM_JOBS_EXPIRED, WARM_KEYS_LOADED,
+                    PREFETCH_LOOKUP_OBJECTS, PREFETCH_LOAD_SUBMITTED, PREFETCH_LOAD_COMPLETED):
         counter.reset()
 
 
