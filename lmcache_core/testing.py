@@ -13,8 +13,10 @@ test suite gets these fixtures without importing anything:
     ``serve(server) -> base_url``: serves the server's Litestar app with uvicorn
     on 127.0.0.1 (a free port) in a thread, for real HTTP requests; stopped at
     teardown.
+``lmcache_serve_app``
+    ``serve(app) -> base_url``: the same for an ASGI app the test built itself.
 
-Outside pytest, :func:`make_server` and :func:`serving` do the same.
+Outside pytest, :func:`make_server`, :func:`serving` and :func:`serving_app` do the same.
 """
 
 from __future__ import annotations
@@ -105,21 +107,28 @@ class _Uvicorn:
 
 
 @contextlib.contextmanager
-def serving(server: CacheServer) -> Iterator[str]:
-    """Serve ``server``'s HTTP app on 127.0.0.1 and yield its base URL."""
-    from lmcache_core.http.app import create_app
-
+def serving_app(app: Any) -> Iterator[str]:
+    """Serve any ASGI ``app`` on 127.0.0.1 (uvicorn, in a thread) and yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    runner = _Uvicorn(create_app(server), sock)
+    runner = _Uvicorn(app, sock)
     runner.start()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         runner.stop()
         sock.close()
+
+
+@contextlib.contextmanager
+def serving(server: CacheServer) -> Iterator[str]:
+    """Serve ``server``'s HTTP app on 127.0.0.1 and yield its base URL."""
+    from lmcache_core.http.app import create_app
+
+    with serving_app(create_app(server)) as url:
+        yield url
 
 
 def write_dist(root: Path, dist_name: str, entry_points: dict[str, str], version: str = "1.0") -> Path:
@@ -223,6 +232,14 @@ def lmcache_server_factory() -> Iterator[Any]:
     yield make
     for server in made:
         server.stop()
+
+
+@pytest.fixture
+def lmcache_serve_app() -> Iterator[Any]:
+    """``serve(app) -> base_url`` for an app the test built itself (e.g. one without a server on
+    its state, to reach the "not initialized" answers); real HTTP, stopped at teardown."""
+    with contextlib.ExitStack() as stack:
+        yield lambda app: stack.enter_context(serving_app(app))
 
 
 @pytest.fixture

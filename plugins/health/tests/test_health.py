@@ -77,11 +77,11 @@ def test_root_and_healthcheck_while_storage_is_broken(lmcache_server_factory, lm
     assert_json(_get(f"{url}/healthcheck"), 200, HEALTHY)
 
 
-def test_root_answers_in_an_app_with_no_server_on_its_state(lmcache_server_factory, serve_app):
+def test_root_answers_in_an_app_with_no_server_on_its_state(lmcache_server_factory, lmcache_serve_app):
     """The handler resolves no dependency: it answers even where there is no server to resolve."""
     app = create_app(lmcache_server_factory([("health", health)], start=False))
     del app.state.server
-    url = serve_app(app)
+    url = lmcache_serve_app(app)
     assert_root(url)
     assert_json(_get(f"{url}/healthcheck"), 503, UNHEALTHY)
 

@@ -358,8 +358,8 @@ def test_status_is_503_with_error_before_start_and_after_stop(lmcache_server_fac
     assert_json(get(f"{url}/status"), 503, ENGINE_UNAVAILABLE)
 
 
-def test_status_is_503_in_an_app_without_a_server(lmcache_server_factory, serve_app) -> None:
-    assert_json(get(f"{serve_app(app_without_server(lmcache_server_factory))}/status"), 503, ENGINE_UNAVAILABLE)
+def test_status_is_503_in_an_app_without_a_server(lmcache_server_factory, lmcache_serve_app) -> None:
+    assert_json(get(f"{lmcache_serve_app(app_without_server(lmcache_server_factory))}/status"), 503, ENGINE_UNAVAILABLE)
 
 
 # -- GET /conf ----------------------------------------------------------------------------------
@@ -425,8 +425,8 @@ def test_conf_renders_an_unrenderable_section_without_str(lmcache_server_factory
     assert "opaque-s3cret" not in resp.text
 
 
-def test_conf_is_503_in_an_app_without_a_server(lmcache_server_factory, serve_app) -> None:
-    url = serve_app(app_without_server(lmcache_server_factory))
+def test_conf_is_503_in_an_app_without_a_server(lmcache_server_factory, lmcache_serve_app) -> None:
+    url = lmcache_serve_app(app_without_server(lmcache_server_factory))
     assert_json(get(f"{url}/conf"), 503, CONFIGS_UNAVAILABLE)
 
 
@@ -471,10 +471,10 @@ def test_version_routes_fall_back_as_the_seed_says(lmcache_server_factory, lmcac
     assert raw_json_string(get(f"{url}/version")) == "NA-NA"
 
 
-def test_version_routes_answer_in_every_server_state(lmcache_server_factory, lmcache_http, serve_app) -> None:
+def test_version_routes_answer_in_every_server_state(lmcache_server_factory, lmcache_http, lmcache_serve_app) -> None:
     server = lmcache_server_factory([("inspect", inspect_plugin)], start=False)
     url = lmcache_http(server)
-    no_server = serve_app(app_without_server(lmcache_server_factory))
+    no_server = lmcache_serve_app(app_without_server(lmcache_server_factory))
     expected = {"/version": buildinfo.full_version(), "/lmc_version": buildinfo.package_version(),
                 "/commit_id": buildinfo.commit_id()}
     for step in ("not started", "ready", "stopped"):
