@@ -499,7 +499,7 @@ class DataPath:
                 ranks = kv_ranks_for_world(key.world_size)
                 chunk_keys = [[ObjectKey(h, key.model_name, r, 0, key.cache_salt) for r in ranks] for h in hashes]
                 prefetch = self.server.storage.prefetch if self.server.storage is not None else None
-                nbytes = self._object_nbytes(key.model_name, key.world_size)
+                nbytes = self.object_nbytes_for(key.model_name, key.world_size)
                 l2 = prefetch is not None and nbytes is not None
                 hits = self.lookups.lookup(key.request_id, chunk_keys, key.num_kv_readers, owner=identity,
                                            pending=l2)
@@ -539,7 +539,7 @@ class DataPath:
         """As QUERY, waiting up to ``timeout`` seconds (capped at 60) for a lookup still loading."""
         return self.lookups.wait_result(args.request_id, min(max(args.timeout, 0.0), 60.0))
 
-    def _object_nbytes(self, model_name: str, world_size: int) -> int | None:
+    def object_nbytes_for(self, model_name: str, world_size: int) -> int | None:
         """The chunk object size of a registered (model, world size), from any of its workers."""
         with self._lock:
             for w in self._workers.values():

@@ -343,7 +343,7 @@ def _object_nbytes(server: CacheServer, model_name: str, world_size: int) -> int
     """The chunk object size of a registered ``(model_name, world_size)`` layout, or None."""
     datapath = server.datapath
     # DataPath keeps its layouts private; this is the lookup LOOKUP itself uses.
-    return datapath._object_nbytes(model_name, world_size) if datapath is not None else None
+    return datapath.object_nbytes_for(model_name, world_size) if datapath is not None else None
 
 
 def _warm(server: CacheServer, raw: bytes) -> Answer:
