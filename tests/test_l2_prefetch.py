@@ -166,7 +166,7 @@ def test_warm_prefetch_loads_retained_objects_without_locks(live):
         result.update(found=found, total=total)
         done.set()
 
-    server.storage.prefetch.submit_warm(keys, server.datapath._object_nbytes(MODEL, 1), on_done)
+    server.storage.prefetch.submit_warm(keys, server.datapath.object_nbytes_for(MODEL, 1), on_done)
     assert done.wait(10)
     assert result == {"found": 2, "total": 3}
     l1 = server.storage.l1.report_status()
