@@ -209,6 +209,8 @@ def test_parse_block_ids(text: str, ids: list[int]) -> None:
     ("[1,2,3]", "invalid block id"),
     ("3[1,2]", "unexpected"),
     ("[0,2000000]", "more than"),
+    ("\u0661\u0662", "invalid block id"),  # Arabic-Indic digits: int() would read 12
+    ("[\uff11,3]", "invalid block id"),  # a fullwidth 1
 ])
 def test_parse_block_ids_errors(text: str, match: str) -> None:
     with pytest.raises(BlockIdParseError, match=match) as err:

@@ -67,8 +67,8 @@ class BlockIdParseError(ChecksumError, ValueError):
         super().__init__(400, detail)
 
 
-_RANGE = re.compile(r"\[(\d+),(\d+)\]")
-_NUMBER = re.compile(r"\d+")
+_RANGE = re.compile(r"\[(\d+),(\d+)\]", re.ASCII)  # ASCII: "١٢" (Arabic-Indic digits) is not an id
+_NUMBER = re.compile(r"\d+", re.ASCII)
 
 
 def parse_block_ids(text: str, *, max_ids: int = DEFAULT_MAX_BLOCK_IDS) -> list[int]:
