@@ -609,11 +609,18 @@ class DataPath:
         with self._lock:
             workers = dict(self._workers)
             layouts = dict(self._layouts)
-        with self._lock:
-            engine_driven = {iid: (w.model_name, w.world_size) for iid, w in self._engine_driven.items()}
+            engine_driven = dict(self._engine_driven)
         return {
             "registered_gpu_ids": sorted(workers),
             "registered_non_cuda_instance_ids": sorted(engine_driven),
+            # LMCache's engine-driven module reports {model_name, world_size, block_size, use_mla};
+            # our block is the chunk (the worker ships whole chunks), and we add the object's shape.
+            "non_cuda_context_meta": {
+                str(iid): {"model_name": w.model_name, "world_size": w.world_size, "block_size": self.chunk_size,
+                           "use_mla": w.object_shape[0] == 1, "dtype": str(w.dtype).removeprefix("torch."),
+                           "object_shape": list(w.object_shape), "object_nbytes": w.object_nbytes}
+                for iid, w in sorted(engine_driven.items())
+            },
             "cache_context_meta": {
                 str(iid): {"model_name": w.kv.model_name, "world_size": w.kv.world_size,
                            "object_nbytes": w.kv.object_nbytes}

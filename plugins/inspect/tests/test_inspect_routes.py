@@ -284,6 +284,23 @@ def test_registered_kv_caches_show_in_cache_context_meta_and_registered_gpu_ids(
     assert body["registered_gpu_ids"] == [IID] and list(body["cache_context_meta"]) == [str(IID)]
 
 
+def test_engine_driven_workers_show_in_non_cuda_context_meta(live: Live) -> None:
+    from lmcache_core.transport import messages as m
+
+    payload = m.RegisterEngineDrivenContextPayload(
+        instance_id=77, model_name=MODEL, world_size=1, block_size=16, num_layers=4, hidden_dim_size=64,
+        dtype_str="torch.bfloat16", use_mla=False)
+    live.client.call(Op.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT, payload)
+    body = live.status()
+    assert body["registered_non_cuda_instance_ids"] == [77]
+    assert body["non_cuda_context_meta"] == {"77": {
+        "model_name": MODEL, "world_size": 1, "block_size": 256, "use_mla": False, "dtype": "bfloat16",
+        "object_shape": [2, 4, 256, 64], "object_nbytes": 2 * 4 * 256 * 64 * 2}}
+    live.client.call(Op.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT, 77)
+    body = live.status()
+    assert body["registered_non_cuda_instance_ids"] == [] and body["non_cuda_context_meta"] == {}
+
+
 def test_active_sessions_and_prefetch_jobs_follow_the_data_path(live: Live) -> None:
     live.worker()
     key = make_key(TOKENS, "req-1", model_name=MODEL)
