@@ -6,18 +6,17 @@ engine stays wired, stopped, and an app whose state has no server at all.
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import lmcache_plugin_health.plugin as health
 from lmcache_core.cli import build_parser
 from lmcache_core.http.app import create_app
 from lmcache_core.plugins import PluginHost
+from lmcache_core.strategies import http_requests
 
 JSON = "application/json"
 ROOT = {"status": "ok", "service": "LMCache HTTP API"}
@@ -138,21 +137,7 @@ def test_other_methods_are_405_in_every_state(lmcache_server_factory, lmcache_ht
 
 # -- fuzzing ------------------------------------------------------------------------------------
 
-# h11 refuses leading/trailing whitespace in a header value before anything is sent: strip it.
-HEADER_VALUE = st.text(alphabet=string.ascii_letters + string.digits + string.punctuation + " ",
-                       max_size=60).map(str.strip)
-HEADER_NAME = st.one_of(
-    st.sampled_from(["Accept", "Content-Type", "Authorization", "Accept-Encoding", "Cookie", "User-Agent",
-                     "X-Forwarded-For", "If-None-Match", "Range", "Origin"]),
-    st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True),
-)
-REQUESTS = st.fixed_dictionaries({
-    "method": st.sampled_from(["GET", "GET", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
-    "path": st.sampled_from(["/", "/healthcheck"]),
-    "params": st.dictionaries(st.text(max_size=12), st.text(max_size=24), max_size=4),
-    "headers": st.dictionaries(HEADER_NAME, HEADER_VALUE, max_size=4),
-    "body": st.binary(max_size=256),
-})
+REQUESTS = http_requests(["/", "/healthcheck"])
 
 
 def _fuzz(url: str, ready: bool, req: dict[str, Any]) -> None:

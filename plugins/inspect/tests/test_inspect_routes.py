@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import re
-import string
 import sys
 import threading
 import time
@@ -26,7 +25,6 @@ import msgspec
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import lmcache_plugin_inspect.plugin as inspect_plugin
 from lmcache_core import buildinfo, hookimpl
@@ -35,6 +33,7 @@ from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.http.app import create_app
 from lmcache_core.plugins import PluginHost
 from lmcache_core.storage.l2.base import L2Adapter, L2AdapterConfig
+from lmcache_core.strategies import http_requests
 from lmcache_core.transfer.client_kv import WorkerKVCache
 from lmcache_core.transport.wire import Op
 
@@ -568,21 +567,7 @@ def test_status_and_conf_answer_while_stores_run_and_do_not_stall_them(live: Liv
 
 # -- fuzzing ------------------------------------------------------------------------------------
 
-# h11 refuses leading/trailing whitespace in a header value before anything is sent: strip it.
-HEADER_VALUE = st.text(alphabet=string.ascii_letters + string.digits + string.punctuation + " ",
-                       max_size=60).map(str.strip)
-HEADER_NAME = st.one_of(
-    st.sampled_from(["Accept", "Content-Type", "Authorization", "Accept-Encoding", "Cookie", "User-Agent",
-                     "X-Forwarded-For", "If-None-Match", "Range", "Origin"]),
-    st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True),
-)
-REQUESTS = st.fixed_dictionaries({
-    "method": st.sampled_from(["GET", "GET", "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
-    "path": st.sampled_from(ROUTES),
-    "params": st.dictionaries(st.text(max_size=12), st.text(max_size=24), max_size=4),
-    "headers": st.dictionaries(HEADER_NAME, HEADER_VALUE, max_size=4),
-    "body": st.binary(max_size=256),
-})
+REQUESTS = http_requests(ROUTES)
 
 
 def _fuzz(url: str, ready: bool, req: dict[str, Any]) -> None:

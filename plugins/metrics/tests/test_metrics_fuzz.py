@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import string
-
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmcache_plugin_metrics.plugin as metrics_plugin
+from lmcache_core.strategies import http_requests
 
-HEADER_VALUE = st.text(alphabet=string.ascii_letters + string.digits + string.punctuation + " ",
-                       max_size=40).map(str.strip)
-REQUESTS = st.fixed_dictionaries({
-    "method": st.sampled_from(["GET", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
-    "path": st.sampled_from(["/metrics", "/metrics/reset", "/metrics/", "/metrics/reset/"]),
-    "params": st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=3),
-    "headers": st.dictionaries(st.sampled_from(["Accept", "Content-Type", "Authorization", "Accept-Encoding"]),
-                               HEADER_VALUE, max_size=3),
-    "body": st.one_of(st.none(), st.binary(max_size=256)),
-})
+REQUESTS = http_requests(["/metrics", "/metrics/reset", "/metrics/", "/metrics/reset/"],
+                         body=st.one_of(st.none(), st.binary(max_size=256)))
 
 
 def test_no_request_to_the_metrics_routes_gets_a_5xx(lmcache_server_factory, lmcache_http):
