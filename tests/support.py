@@ -73,3 +73,35 @@ class MemoryPlugin:
     @_hookimpl
     def lmcache_register_l2_adapters(register):
         register("memory", MemoryPlugin.Config, lambda config, context: MemoryAdapter(config, context))
+
+
+# -- a live server with one memory L2 and one registered CPU worker ------------------------
+
+import contextlib  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+@contextlib.contextmanager
+def memory_l2_worker(factory: Any, model: str) -> Iterator[tuple[Any, Any, Any, MemoryAdapter]]:
+    """``(server, client, kv, adapter)``: a started server (0.1 GiB L1, a ``memory`` L2, no worker
+    reaping) with one NHD CPU worker (instance 1: 2 layers of ``(2, 64, 16, 2, 8)`` fp16)
+    registered for ``model`` through a real ZMQ client. ``factory`` is ``lmcache_server_factory``."""
+    from lmcache_core.client import LMCacheClient
+    from lmcache_core.config import MPConfig, StorageManagerConfig
+    from lmcache_core.testing import free_port
+    from lmcache_core.transfer.client_kv import WorkerKVCache
+
+    port = free_port()
+    server = factory([("memory-l2", MemoryPlugin())], configs={
+        "mp": MPConfig(host="127.0.0.1", port=port, worker_reap_timeout_seconds=0),
+        "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory"}]),
+    })
+    kv = WorkerKVCache(2, (2, 64, 16, 2, 8))
+    client = LMCacheClient(f"tcp://127.0.0.1:{port}", timeout_s=20)
+    try:
+        client.register_kv_cache(1, kv.descriptors(), model, 1, {"kv_layout": "NHD"})
+        yield server, client, kv, server.storage.l2_adapters[0]
+    finally:
+        client.close()
+        kv.close()

@@ -6,12 +6,11 @@ import time
 
 import pytest
 from prometheus_client import REGISTRY
-from support import MemoryPlugin
+from support import memory_l2_worker
 
 from lmcache_core.client import LMCacheClient, make_key
-from lmcache_core.config import MPConfig, StorageManagerConfig
+from lmcache_core.config import MPConfig
 from lmcache_core.testing import free_port
-from lmcache_core.transfer.client_kv import WorkerKVCache
 
 MODEL = "metrics-model"
 CHUNK = 256
@@ -23,17 +22,8 @@ def value(name: str, **labels: str) -> float:
 
 @pytest.fixture
 def live(lmcache_server_factory):
-    port = free_port()
-    server = lmcache_server_factory([("memory-l2", MemoryPlugin())], configs={
-        "mp": MPConfig(host="127.0.0.1", port=port, worker_reap_timeout_seconds=0),
-        "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory"}]),
-    })
-    kv = WorkerKVCache(2, (2, 64, 16, 2, 8))
-    client = LMCacheClient(f"tcp://127.0.0.1:{port}", timeout_s=20)
-    client.register_kv_cache(1, kv.descriptors(), MODEL, 1, {"kv_layout": "NHD"})
-    yield server, client, kv, server.storage.l2_adapters[0]
-    client.close()
-    kv.close()
+    with memory_l2_worker(lmcache_server_factory, MODEL) as handles:
+        yield handles
 
 
 def test_lookup_hits_are_counted_by_tier_and_transfers_by_bytes(live):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from support import MemoryPlugin
+from support import MemoryPlugin, memory_l2_worker
 
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.config import MPConfig, StorageManagerConfig
@@ -22,20 +22,11 @@ BPC = 16
 
 @pytest.fixture
 def live(lmcache_server_factory):
-    port = free_port()
-    server = lmcache_server_factory([("memory-l2", MemoryPlugin())], configs={
-        "mp": MPConfig(host="127.0.0.1", port=port, worker_reap_timeout_seconds=0),
-        "storage_manager": StorageManagerConfig(l1_size_gb=0.1, l2_adapter=[{"type": "memory"}]),
-    })
-    kv = WorkerKVCache(2, (2, 64, 16, 2, 8))
-    client = LMCacheClient(f"tcp://127.0.0.1:{port}", timeout_s=20)
-    client.register_kv_cache(1, kv.descriptors(), MODEL, 1, {"kv_layout": "NHD"})
-    gen = torch.Generator().manual_seed(3)
-    for layer in kv.layers:
-        layer.copy_(torch.randn(layer.shape, generator=gen).to(layer.dtype))
-    yield server, client, kv, server.storage.l2_adapters[0]
-    client.close()
-    kv.close()
+    with memory_l2_worker(lmcache_server_factory, MODEL) as (server, client, kv, adapter):
+        gen = torch.Generator().manual_seed(3)
+        for layer in kv.layers:
+            layer.copy_(torch.randn(layer.shape, generator=gen).to(layer.dtype))
+        yield server, client, kv, adapter
 
 
 def store_and_flush(server, client, adapter, tokens, rid):
