@@ -2,7 +2,10 @@
 
 ``GET /commit_id`` and ``GET /version`` report it. Outside a git checkout
 (building from an sdist) the file already in the tree is kept; without one
-the commit is unknown (``""``).
+the commit is unknown (``""``). An editable install (``pip install -e``, what
+``make`` does) records its source tree instead, and the server reads that
+tree's HEAD when asked, so a developer's server reports the code it runs, not
+the commit it was first installed at.
 """
 
 from __future__ import annotations
@@ -26,16 +29,25 @@ def _git_commit() -> str | None:
     return commit if out.returncode == 0 and len(commit) == 40 else None
 
 
+def _render(commit: str, source_tree: str | None) -> str:
+    return ('"""Generated at build/install time by setup.py; not in git."""\n\n'
+            f"COMMIT_ID = {commit!r}\nEDITABLE_SOURCE_TREE = {source_tree!r}\n")
+
+
 class BuildPyWithCommit(build_py):
-    """``build_py`` that first writes the commit id into the package (wheel and editable builds)."""
+    """``build_py`` that writes the commit id into the package: into the built wheel's copy for a
+    wheel, into the source tree (with the tree's path) for an editable install."""
 
     def run(self) -> None:
         commit = _git_commit()
-        if commit is not None:
-            BUILD_INFO.write_text(
-                '"""Generated at build/install time by setup.py; not in git."""\n\n'
-                f"COMMIT_ID = {commit!r}\n")
+        editable = bool(getattr(self, "editable_mode", False))
+        if commit is not None and editable:
+            BUILD_INFO.write_text(_render(commit, str(HERE)))
         super().run()
+        if commit is not None and not editable:
+            target = Path(self.build_lib) / "lmcache_core" / "_build_info.py"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_render(commit, None))
 
 
 setup(cmdclass={"build_py": BuildPyWithCommit})

@@ -123,3 +123,27 @@ def test_build_info_reports_the_baked_commit_and_seed_fallbacks(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "lmcache_core._build_info", None)  # as if never generated
     monkeypatch.setattr(buildinfo, "__version__", "0.0.0")
     assert (buildinfo.commit_id(), buildinfo.package_version(), buildinfo.full_version()) == ("", "", "NA-NA")
+
+
+def test_an_editable_install_reports_its_source_trees_head(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+    import types
+
+    repo = tmp_path / "tree"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    fake = types.ModuleType("lmcache_core._build_info")
+    fake.COMMIT_ID = "b" * 40
+    fake.EDITABLE_SOURCE_TREE = str(repo)
+    monkeypatch.setitem(sys.modules, "lmcache_core._build_info", fake)
+    buildinfo._head_of.cache_clear()
+    assert buildinfo.commit_id() == head != "b" * 40
+    fake.EDITABLE_SOURCE_TREE = str(tmp_path / "not-a-repo")
+    assert buildinfo.commit_id() == "b" * 40  # the tree is gone: the commit baked at install
+    fake.EDITABLE_SOURCE_TREE = None
+    assert buildinfo.commit_id() == "b" * 40  # a wheel: what was baked
+    buildinfo._head_of.cache_clear()
