@@ -4,7 +4,10 @@ Routes join the app in exactly one place: :class:`RoutesInitPlugin`, a core
 ``InitPlugin`` that gathers every plugin's handlers from the
 ``lmcache_register_routes`` hook in ``on_app_init``. Nothing registers routes
 later. The :class:`~lmcache_core.server.CacheServer` lives on app state and
-reaches handlers through the ``server`` / ``engine`` dependencies.
+reaches handlers through the ``server`` / ``engine`` dependencies. As each route is
+registered, the plugin adds the responses every route group shares (the admin
+guard's 401, the ``engine`` dependency's 503) to the OpenAPI document
+(:func:`lmcache_core.http.openapi.document_handler`).
 """
 
 from __future__ import annotations
@@ -15,18 +18,20 @@ from typing import Any
 from litestar import Litestar, Request, Response
 from litestar.config.app import AppConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.plugins import InitPlugin
+from litestar.plugins import InitPlugin, ReceiveRoutePlugin
+from litestar.routes import BaseRoute, HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from lmcache_core.http.deps import DEPENDENCIES, EngineUnavailable, engine_unavailable_handler
 from lmcache_core.http.guard import AdminTokenRequired, admin_token_required_handler
 from lmcache_core.http.metrics import http_metrics_middleware
+from lmcache_core.http.openapi import document_handler
 from lmcache_core.server import CacheServer
 
 logger = logging.getLogger(__name__)
 
 
-class RoutesInitPlugin(InitPlugin):
+class RoutesInitPlugin(InitPlugin, ReceiveRoutePlugin):
     """Adds every route plugin's handlers, the shared dependencies and the server to the app."""
 
     def __init__(self, server: CacheServer) -> None:
@@ -41,6 +46,12 @@ class RoutesInitPlugin(InitPlugin):
             app_config.middleware.append(http_metrics_middleware)
         app_config.state["server"] = self.server
         return app_config
+
+    def receive_route(self, route: BaseRoute) -> None:
+        # Called once a route's handlers are registered (guards and opt resolved); documents only.
+        if isinstance(route, HTTPRoute):
+            for handler in route.route_handlers:
+                document_handler(handler)
 
 
 def _internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
