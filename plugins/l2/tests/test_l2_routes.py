@@ -447,6 +447,14 @@ def test_keys_page_size_bounds_are_accepted(make_live: Any) -> None:
     assert len(live.get("/l2/keys").json()["entries"]) == 3  # default 500
 
 
+@pytest.mark.parametrize("value", ["\x1c2", "2\x1f", " 2 ", "\u30002", "+2"])
+def test_keys_page_size_may_have_blanks_around_it(make_live: Any, value: str) -> None:
+    # \x1c-\x1f are blanks to str.strip() (and \s) but not to int(): they once answered 500.
+    live = make_live()
+    put(live, direct_keys(3))
+    assert len(live.get("/l2/keys", params={"page_size": value}).json()["entries"]) == 2
+
+
 @pytest.mark.parametrize("token", ["garbage", "fs1.", "fs1.!!!", "fs1.aGVsbG8", "fs1.Li4vZXRjL3Bhc3N3ZA"])
 def test_keys_400_for_a_malformed_page_token(make_live: Any, token: str) -> None:
     live = make_live()

@@ -227,7 +227,7 @@ def _page_size(text: str | None) -> int | None:
         return DEFAULT_PAGE_SIZE
     if not _PAGE_SIZE.fullmatch(text):
         return None
-    value = int(text)
+    value = int(text.strip())  # int() does not strip \x1c-\x1f, which \s (and str.strip) take as blanks
     return value if MIN_PAGE_SIZE <= value <= MAX_PAGE_SIZE else None
 
 
