@@ -19,6 +19,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.params import QueryParameter
 
 from lmcache_core import hookimpl
+from lmcache_core.http import openapi
 from lmcache_core.http.deps import Engine, unavailable_body
 from lmcache_core.http.guard import require_admin
 from lmcache_core.server import CacheServer
@@ -38,6 +39,31 @@ class ChecksumRequest(msgspec.Struct, forbid_unknown_fields=False):
     chunk_size: int = 0
     instance_id: int = 0
     layerwise: bool = False
+
+
+class KVCacheCheckResult(msgspec.Struct):
+    """``GET /kvcache/check`` 200 (documents the answer :func:`checksum_response` builds)."""
+
+    status: str
+    chunk_size: int
+    num_chunks: int
+    chunk_checksums: list[str] | dict[str, list[str]]
+    """One MD5 hex digest per chunk; with ``layerwise``, ``{"layer_<i>": [...]}``."""
+    layerwise: bool
+    block_id_ranges: str
+    """The ids in the seed's mixed form, ``"0,[2,5],8"``."""
+
+
+class ChecksumsResult(msgspec.Struct):
+    """``POST /cache/checksums`` 200: as :class:`KVCacheCheckResult`, ``block_id_ranges`` as a list."""
+
+    status: str
+    chunk_size: int
+    num_chunks: int
+    chunk_checksums: list[str] | dict[str, list[str]]
+    layerwise: bool
+    block_id_ranges: list[int | list[int]]
+    """Runs of three or more ids as ``[first, last]``: ``[[0, 2], 5, 7]``."""
 
 
 def _compute(server: CacheServer, instance_id: int, block_ids: list[int], chunk_size: int,
@@ -93,7 +119,15 @@ def _query_int(text: str) -> int:
     return int(text)  # may still raise ValueError past Python's 4300-digit conversion limit
 
 
-@get("/kvcache/check", summary="MD5 checksums over registered KV blocks")
+# Positive data: block_ids is a grammar no pattern bounds (ranges must ascend, at most 2**20 ids), so the
+# conformance test does not expect every string to be accepted.
+@get("/kvcache/check", summary="MD5 checksums over registered KV blocks",
+     operation_class=openapi.operation(required_query=("block_ids", "chunk_size")), responses={
+         200: openapi.json(KVCacheCheckResult, "one digest per chunk of `chunk_size` blocks"),
+         400: openapi.error("missing or malformed `block_ids`, `chunk_size`, `instance_id` or `layerwise`, "
+                            "or a block id out of range"),
+         404: openapi.error("no KV cache registered under `instance_id`, or it has no tensors"),
+         501: openapi.error("the registered KV layout is not supported by this endpoint")})
 async def kvcache_check(
     engine: Engine,
     block_ids: Annotated[str | None, QueryParameter(description='Block ids, mixed format: "0,[2,5],8"')] = None,
@@ -128,7 +162,13 @@ async def kvcache_check(
     return Response(body, status_code=200) if status == 200 else bad(str(body), status)
 
 
-@post("/cache/checksums", status_code=200, summary="MD5 checksums (LMCache 0.5.6 route, used by lmcache bench)")
+@post("/cache/checksums", status_code=200, summary="MD5 checksums (LMCache 0.5.6 route, used by lmcache bench)",
+      operation_class=openapi.operation(body=openapi.json_body(ChecksumRequest, required=False)), responses={
+          200: openapi.json(ChecksumsResult, "one digest per chunk of `chunk_size` blocks"),
+          400: openapi.detail("empty `block_ids`, `chunk_size` not positive, or a block id out of range"),
+          404: openapi.detail("no KV cache registered under `instance_id`, or it has no tensors"),
+          422: openapi.detail("the body is not JSON or a field has the wrong type"),
+          501: openapi.detail("the registered KV layout is not supported by this endpoint")})
 async def cache_checksums(engine: Engine, request: Request[Any, Any, Any]) -> Response[Any]:
     """0.5.6 contract: JSON body; 404 unknown instance, 400 empty ids / bad chunk size, 422 wrong types."""
     raw = await request.body()

@@ -122,6 +122,7 @@ from litestar.params import FromPath, QueryParameter
 
 from lmcache_core import hookimpl
 from lmcache_core.config import is_secret_name
+from lmcache_core.http import openapi
 from lmcache_core.http.deps import Server
 from lmcache_core.http.guard import AdminTokenRequired, has_admin_token, require_admin
 from lmcache_core.server import CacheServer
@@ -155,6 +156,71 @@ class DiagnosticsConfig(msgspec.Struct, kw_only=True):
     script_allowed_imports: list[str] = []
     run_script_timeout_seconds: float = DEFAULT_SCRIPT_TIMEOUT_S
     env_show_secrets: bool = False
+
+
+# -- what the OpenAPI document says (the handlers build these answers as dicts) ----------------
+
+
+class LevelCounts(msgspec.Struct):
+    total: int
+    running: int
+    active: int
+
+
+class RegistrySummary(msgspec.Struct):
+    """The whole registry's counts (filters never apply to them)."""
+
+    total_count: int
+    running_count: int
+    active_count: int
+    by_level: dict[str, LevelCounts]
+
+
+class ThreadStatus(msgspec.Struct):
+    """One periodic thread (:meth:`~lmcache_core.observability.periodic.PeriodicThread.get_status`)."""
+
+    name: str
+    level: str
+    interval: float
+    init_wait: float
+    is_running: bool
+    is_active: bool
+    last_run_time: float | None
+    last_run_ago: float | None
+    total_runs: int
+    failed_runs: int
+    success_rate: float
+    last_summary: dict[str, Any] | None
+
+
+class PeriodicThreads(msgspec.Struct):
+    """``GET /periodic-threads`` 200."""
+
+    summary: RegistrySummary
+    threads: list[ThreadStatus]
+
+
+class StalledThread(msgspec.Struct):
+    name: str
+    level: str
+    last_run_ago: float | None
+    interval: float
+
+
+class ThreadsHealth(msgspec.Struct):
+    """``GET /periodic-threads-health`` 200."""
+
+    healthy: bool
+    unhealthy_count: int
+    unhealthy_threads: list[StalledThread]
+
+
+_WS = openapi.PY_WHITESPACE
+# What each handler's own parsing accepts, as patterns (documented through schema_extra, not enforced).
+LOG_LEVEL_PATTERN = f"^({_WS}*({'|'.join(openapi.any_case(n, folded_by='upper') for n in LEVELS)}){_WS}*)?$"
+THREAD_LEVEL_PATTERN = f"^({'|'.join(openapi.any_case(n) for n in THREAD_LEVELS)})?$"
+FLAG_PATTERN = f"^({_WS}*({'|'.join(openapi.any_case(w) for w in sorted(_TRUE | _FALSE))}){_WS}*)?$"
+THREAD_ID_PATTERN = f"^({_WS}*[0-9]{{1,20}}{_WS}*)?$"
 
 
 def _options(server: CacheServer) -> DiagnosticsConfig:
@@ -203,11 +269,19 @@ def list_loggers() -> str:
     return "=== Loggers and Levels ===\n" + "\n".join(lines)
 
 
-@get("/loglevel", sync_to_thread=False, summary="List, read or set logger levels (text/plain)")
+# Negative data: a `level` without `logger_name` is ignored (200 `null`, as in LMCache), which no per-parameter
+# schema can say; the conformance test does not expect an invalid `level` to be refused there.
+@get("/loglevel", sync_to_thread=False, summary="List, read or set logger levels (text/plain)",
+     operation_class=openapi.operation(also={200: (openapi.JSON, None)}), responses={
+         200: openapi.text("the loggers and levels, one logger's level, or `Set <name> level to <LEVEL> ...`; "
+                           "`level` without `logger_name` answers JSON `null`"),
+         400: openapi.text("`Invalid log level: <level>`"),
+         401: openapi.ADMIN_TOKEN_REQUIRED})
 def loglevel(
     request: Request[Any, Any, Any],
     logger_name: Annotated[str | None, QueryParameter(description="logger to read or set")] = None,
-    level: Annotated[str | None, QueryParameter(description="new level (needs logger_name)")] = None,
+    level: Annotated[str | None, QueryParameter(description="new level (needs logger_name; sets, admin-guarded)",
+                                                schema_extra={"pattern": LOG_LEVEL_PATTERN})] = None,
 ) -> Response[Any]:
     """List (no parameters), read (``logger_name``) or set (``logger_name`` + ``level``; admin-guarded)."""
     if not logger_name:
@@ -251,10 +325,13 @@ def thread_dump(name: str | None, thread_id: int) -> str:
     return "\n\n".join([*blocks, summary])
 
 
-@get("/threads", sync_to_thread=True, guards=[require_admin], summary="Live threads with stack traces (text/plain)")
+@get("/threads", sync_to_thread=True, guards=[require_admin], summary="Live threads with stack traces (text/plain)",
+     responses={200: openapi.text("each thread with its stack, then the summary"),
+                400: openapi.text("`Invalid thread_id: <value>`")})
 def threads(
     name: Annotated[str | None, QueryParameter(description="case-insensitive substring of the thread name")] = None,
-    thread_id: Annotated[str | None, QueryParameter(description="thread ident (0: no filter)")] = None,
+    thread_id: Annotated[str | None, QueryParameter(description="thread ident (0: no filter)",
+                                                    schema_extra={"pattern": THREAD_ID_PATTERN})] = None,
 ) -> Response[str]:
     """Every live thread (filtered) with its stack, then the count."""
     ident = 0
@@ -287,12 +364,17 @@ def _flag(name: str, value: str | None) -> bool:
     raise ValueError(f"Invalid {name}: {value[:100]}. Valid values: true, false")
 
 
-@get("/periodic-threads", sync_to_thread=False, guards=[require_admin], summary="Periodic thread registry")
+@get("/periodic-threads", sync_to_thread=False, guards=[require_admin], summary="Periodic thread registry",
+     responses={200: openapi.json(PeriodicThreads, "the whole registry's summary and the threads that pass"),
+                400: openapi.error("an unknown `level`, or a flag that is not true/false/1/0/yes/no/on/off")})
 def periodic_threads(
     server: Server,
-    level: Annotated[str | None, QueryParameter(description="critical, high, medium or low")] = None,
-    running_only: Annotated[str | None, QueryParameter(description="only running threads")] = None,
-    active_only: Annotated[str | None, QueryParameter(description="only active threads")] = None,
+    level: Annotated[str | None, QueryParameter(description="critical, high, medium or low",
+                                                schema_extra={"pattern": THREAD_LEVEL_PATTERN})] = None,
+    running_only: Annotated[str | None, QueryParameter(description="only running threads",
+                                                       schema_extra={"pattern": FLAG_PATTERN})] = None,
+    active_only: Annotated[str | None, QueryParameter(description="only active threads",
+                                                      schema_extra={"pattern": FLAG_PATTERN})] = None,
 ) -> Response[Any]:
     """Summary of the whole registry, plus the threads that pass the filters."""
     wanted = level.lower() if level else None
@@ -310,7 +392,8 @@ def periodic_threads(
 
 
 @get("/periodic-threads/{thread_name:path}", sync_to_thread=False, guards=[require_admin],
-     summary="One periodic thread")
+     summary="One periodic thread", responses={200: openapi.json(ThreadStatus, "the thread's status"),
+                                               404: openapi.error("`Thread not found: <name>`")})
 def periodic_thread(server: Server, thread_name: FromPath[str]) -> Response[Any]:
     """One thread's status; 404 ``{"error": "Thread not found: <name>"}``."""
     thread_name = thread_name.removeprefix("/")  # a ``path`` parameter keeps its leading slash
@@ -321,7 +404,8 @@ def periodic_thread(server: Server, thread_name: FromPath[str]) -> Response[Any]
     return _json(thread.get_status())
 
 
-@get("/periodic-threads-health", sync_to_thread=False, summary="Critical/high periodic threads that stalled")
+@get("/periodic-threads-health", sync_to_thread=False, summary="Critical/high periodic threads that stalled",
+     responses={200: openapi.json(ThreadsHealth, "`healthy` is false when a running critical/high thread stalled")})
 def periodic_threads_health(server: Server) -> Response[Any]:
     """Always 200; ``healthy`` is false when a running critical or high thread stopped ticking."""
     unhealthy = [{"name": s["name"], "level": s["level"], "last_run_ago": s["last_run_ago"], "interval": s["interval"]}
@@ -339,7 +423,8 @@ def env_document(environ: dict[str, str], show_secrets: bool) -> str:
     return json.dumps(shown, indent=2, sort_keys=True)
 
 
-@get("/env", sync_to_thread=False, guards=[require_admin], summary="Process environment (text/plain)")
+@get("/env", sync_to_thread=False, guards=[require_admin], summary="Process environment (text/plain)",
+     responses={200: openapi.text("the environment as sorted, indented JSON; secret-looking values `***`")})
 def env(server: Server) -> Response[str]:
     """The environment as sorted, pretty-printed JSON, served as text/plain."""
     return _text(env_document(dict(os.environ), _options(server).env_show_secrets))
@@ -350,7 +435,14 @@ def env(server: Server) -> Response[str]:
 
 @post("/run_script", status_code=200, guards=[require_admin],
       request_max_body_size=MAX_SCRIPT_BYTES + _MULTIPART_OVERHEAD,
-      summary="Run an uploaded script (off unless --run-script-api-enabled)")
+      summary="Run an uploaded script (off unless --run-script-api-enabled)",
+      operation_class=openapi.operation(body=openapi.multipart_body(["script"], "the Python file to run")),
+      responses={200: openapi.text("`str(result)`, or `Script executed successfully`"),
+                 400: openapi.text("`No script file provided`"),
+                 403: openapi.text("disabled: the server runs without `--run-script-api-enabled`"),
+                 413: openapi.text(f"`Script larger than {MAX_SCRIPT_BYTES} bytes`"),
+                 500: openapi.text("`Error executing script: <reason>`: it failed to compile, raised, imported a "
+                                   "module not allowed, or ran out of time")})
 async def run_script_route(request: Request[Any, Any, Any], server: Server) -> Response[str]:
     """403 unless enabled; 400 without a ``script`` file; 200 with the result; 500 when the script fails."""
     config = _options(server)

@@ -54,6 +54,7 @@ from litestar.datastructures import State
 
 from lmcache_core import buildinfo, hookimpl
 from lmcache_core.config import masked
+from lmcache_core.http import openapi
 from lmcache_core.http.deps import Engine, unavailable_body
 
 ENGINE_UNAVAILABLE = {"error": "engine not initialized"}
@@ -97,7 +98,9 @@ def conf_document(configs: dict[str, Any]) -> bytes:
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False).encode()
 
 
-@get("/conf", sync_to_thread=True, summary="Every registered config object, secrets masked")
+@get("/conf", sync_to_thread=True, summary="Every registered config object, secrets masked", responses={
+    200: openapi.json(dict[str, Any], "one object per config section (masked), indented by 2"),
+    503: openapi.error("no configs: the app has no server, or the server has no config sections")})
 def conf(state: State) -> Response[bytes]:
     """Every config section as one indented JSON document; 503 while there is none."""
     server = getattr(state, "server", None)

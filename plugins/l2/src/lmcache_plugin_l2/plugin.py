@@ -89,6 +89,7 @@ from litestar.params import FromPath, QueryParameter
 
 from lmcache_core import hookimpl
 from lmcache_core.cli import POSITIVE_FLOAT, POSITIVE_INT
+from lmcache_core.http import openapi
 from lmcache_core.http.deps import Engine, unavailable_body
 from lmcache_core.http.guard import require_admin
 from lmcache_core.keys import (
@@ -169,6 +170,75 @@ class KeyPageResponse(msgspec.Struct):
     adapter: str
     entries: list[KeyEntryBody]
     next_page_token: str | None
+
+
+# -- what the OpenAPI document says (the handlers build these answers as dicts) ----------------
+
+
+class DeleteResult(msgspec.Struct):
+    """``DELETE /l2`` 200: ``ok`` false with ``error`` when the adapter failed to delete some keys."""
+
+    requested: int
+    adapter: str
+    ok: bool
+    error: str | None = None
+
+
+class PrefetchSubmitted(msgspec.Struct):
+    """``POST /l2/prefetch`` 202: ``status`` ``submitted`` with a ``request_id``, or ``noop`` (no full chunk)."""
+
+    chunks: int
+    status: str
+    request_id: str | None = None
+
+
+class PrefetchState(msgspec.Struct):
+    """``GET /l2/prefetch/{request_id}`` 200: ``pending``, or ``completed`` with the counts (answered once)."""
+
+    status: str
+    found_keys: int | None = None
+    total_keys: int | None = None
+
+
+# The request bodies as the document describes them: the runtime Structs above decode the shape (a 422 when it
+# is wrong), then the key invariants are checked (a 400); here both are constraints, so a client can read them.
+Uint32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+ModelName = Annotated[str, msgspec.Meta(pattern=openapi.MODEL_NAME_PATTERN, description="no `@`, no NUL")]
+CacheSalt = Annotated[str, msgspec.Meta(pattern=openapi.CACHE_SALT_PATTERN,
+                                        description="at most 128 characters, none of `@ / \\` or NUL")]
+
+
+class ObjectKeyBody(msgspec.Struct):
+    """An ``EncodedObjectKey`` (:class:`lmcache_core.keys.EncodedObjectKey`) with its invariants."""
+
+    chunk_hash_hex: Annotated[str, msgspec.Meta(pattern=openapi.CHUNK_HASH_HEX_PATTERN,
+                                                description="at most 64 bytes as hex")]
+    model_name: ModelName
+    kv_rank: Uint32
+    object_group_id: Uint32 = 0
+    cache_salt: CacheSalt = ""
+
+
+class DeleteKeysBody(msgspec.Struct):
+    """``DELETE /l2`` body."""
+
+    keys: Annotated[list[ObjectKeyBody], msgspec.Meta(max_length=MAX_DELETE_KEYS)]
+
+
+class WarmPrefetchBody(msgspec.Struct):
+    """``POST /l2/prefetch`` body."""
+
+    model_name: ModelName
+    world_size: Annotated[int, msgspec.Meta(ge=1, le=255)]
+    token_ids: Annotated[list[TokenId], msgspec.Meta(max_length=MAX_PREFETCH_TOKENS)]
+    cache_salt: CacheSalt = ""
+
+
+NOT_READY_OR_NO_ADAPTERS = openapi.detail("the engine is not initialized, or no L2 adapter is configured")
+UNKNOWN_ADAPTER = openapi.detail("no adapter has the `adapter` type_name")
+PAGE_SIZE_PATTERN = (f"^({openapi.PY_WHITESPACE}*\\+?(0{{0,8}}[1-9]|0{{0,7}}[1-9][0-9]|0{{0,6}}[1-9][0-9]{{2}}|"
+                     f"0{{0,5}}([1-4][0-9]{{3}}|5000)){openapi.PY_WHITESPACE}*)?$")
+"""``page_size`` as :func:`_page_size` reads it: empty, or 1..5000 in at most 9 digits, blanks around."""
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -281,7 +351,13 @@ def _delete(server: CacheServer, raw: bytes, selector: str | None) -> Answer:
 
 
 @delete("/", status_code=200, guards=[require_admin], request_max_body_size=MAX_BODY_BYTES,
-        summary="Delete keys from one L2 adapter")
+        summary="Delete keys from one L2 adapter",
+        operation_class=openapi.operation(body=openapi.json_body(DeleteKeysBody)), responses={
+            200: openapi.json(DeleteResult, "the adapter ran the delete (absent and locked keys are skipped)"),
+            400: openapi.detail(f"more than {MAX_DELETE_KEYS} keys, or a key that breaks an ObjectKey invariant"),
+            404: UNKNOWN_ADAPTER,
+            422: openapi.detail("the body is not `{\"keys\": [EncodedObjectKey, ...]}`"),
+            503: NOT_READY_OR_NO_ADAPTERS})
 async def delete_keys(
     engine: Engine,
     request: Request[Any, Any, Any],
@@ -314,12 +390,22 @@ def _list(server: CacheServer, selector: str | None, model_name: str | None, pag
     return 200, KeyPageResponse(adapter.type_name, safe, page.next_page_token)
 
 
-@get("/keys", summary="Page through the keys resident in one L2 adapter")
+# Positive data: page_token is opaque (only the tokens a page hands out are valid), so the conformance test does
+# not expect every string to be accepted.
+@get("/keys", summary="Page through the keys resident in one L2 adapter", responses={
+    200: openapi.json(KeyPageResponse, "one page; `next_page_token` is null when the listing is done"),
+    400: openapi.detail("a malformed `page_token`, or a `model_name` no key can have"),
+    404: UNKNOWN_ADAPTER,
+    422: openapi.detail(f"`page_size` is not an integer in [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]"),
+    501: openapi.detail("the adapter's type cannot list its keys"),
+    503: openapi.detail("the engine is not initialized, no L2 adapter is configured, or the adapter failed to list")})
 async def list_keys(
     engine: Engine,
     adapter: Annotated[str | None, QueryParameter(description="type_name of the adapter (default: primary)")] = None,
-    model_name: Annotated[str | None, QueryParameter(description="only keys of this model")] = None,
-    page_size: Annotated[str | None, QueryParameter(description="entries per page, 1..5000 (default 500)")] = None,
+    model_name: Annotated[str | None, QueryParameter(description="only keys of this model",
+                                                     schema_extra={"pattern": openapi.MODEL_NAME_PATTERN})] = None,
+    page_size: Annotated[str | None, QueryParameter(description="entries per page, 1..5000 (default 500)",
+                                                    schema_extra={"pattern": PAGE_SIZE_PATTERN})] = None,
     page_token: Annotated[str | None, QueryParameter(description="next_page_token of the previous page")] = None,
 ) -> Response[Any]:
     """One page of ``{"key", "size_bytes"}`` entries; ``next_page_token`` null when done."""
@@ -382,14 +468,23 @@ def _warm(server: CacheServer, raw: bytes) -> Answer:
 
 
 @post("/prefetch", status_code=202, guards=[require_admin], request_max_body_size=MAX_BODY_BYTES,
-      summary="Warm L1 from L2 for a token sequence")
+      summary="Warm L1 from L2 for a token sequence",
+      operation_class=openapi.operation(body=openapi.json_body(WarmPrefetchBody)), responses={
+          202: openapi.json(PrefetchSubmitted, "submitted (poll `request_id`), or `noop` below one full chunk"),
+          400: openapi.detail(f"more than {MAX_PREFETCH_TOKENS} tokens, or a `model_name` / `cache_salt` no key "
+                              "can have"),
+          409: openapi.detail("no worker registered a KV layout for (`model_name`, `world_size`)"),
+          422: openapi.detail("the body is not a WarmPrefetchRequest"),
+          503: NOT_READY_OR_NO_ADAPTERS})
 async def warm_prefetch(engine: Engine, request: Request[Any, Any, Any]) -> Response[Any]:
     """Hash the tokens, submit a warm prefetch of their chunks across all adapters; 202 at once."""
     raw = await request.body()
     return await _off_loop(_warm, engine, raw)
 
 
-@get("/prefetch/{request_id:str}", sync_to_thread=False, summary="Poll a warm prefetch")
+@get("/prefetch/{request_id:str}", sync_to_thread=False, summary="Poll a warm prefetch", responses={
+    200: openapi.json(PrefetchState, "`pending`, or `completed` with the counts (once)"),
+    404: openapi.detail("unknown `request_id`: never submitted, already polled as completed, or expired")})
 def poll_prefetch(engine: Engine, request_id: FromPath[str]) -> Response[Any]:
     """``pending``; then ``completed`` with the counts, exactly once; then 404."""
     jobs = engine.storage.warm_jobs if engine.storage is not None else None

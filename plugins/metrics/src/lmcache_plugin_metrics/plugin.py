@@ -12,6 +12,7 @@ from litestar import Response, Router, get, post
 from prometheus_client import REGISTRY, generate_latest
 
 from lmcache_core import hookimpl
+from lmcache_core.http import openapi
 from lmcache_core.http.guard import require_admin
 from lmcache_core.observability.metrics import reset_all
 
@@ -21,14 +22,15 @@ from lmcache_core.observability.metrics import reset_all
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-@get("/metrics", sync_to_thread=True, summary="Prometheus metrics")
+@get("/metrics", sync_to_thread=True, summary="Prometheus metrics",
+     responses={200: openapi.text("Prometheus text exposition format 0.0.4")})
 def metrics() -> Response[bytes]:
     """Every metric of the default prometheus_client registry, text format 0.0.4."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE)
 
 
 @post("/metrics/reset", status_code=200, sync_to_thread=False, guards=[require_admin],
-      summary="Reset lmcache-server's metrics")
+      summary="Reset lmcache-server's metrics", responses={200: openapi.text("`ok`")})
 def reset() -> Response[str]:
     """Zero lmcache-server's own counters (for test harnesses and benchmarks); answers ``ok``."""
     reset_all()

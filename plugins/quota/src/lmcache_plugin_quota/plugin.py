@@ -71,14 +71,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import urllib.parse
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, Router, delete, get, put
-from litestar.params import FromPath
+from litestar.params import FromPath, PathParameter
 
 from lmcache_core import hookimpl
+from lmcache_core.http import openapi
 from lmcache_core.http.deps import Engine, unavailable_body
 from lmcache_core.http.guard import require_admin
 from lmcache_core.keys import InvalidKeyError, validate_cache_salt
@@ -90,6 +92,21 @@ DEFAULT_SALT_SENTINEL = "_default"
 
 UNAVAILABLE_BODY = {"error": "engine not initialized"}
 ROUTE_PREFIX = b"/quota/"
+
+
+MAX_LIMIT_GB = sys.float_info.max / 2**30
+"""The largest ``limit_gb`` whose byte count is a finite double (dividing by a power of two is exact)."""
+
+
+class QuotaLimit(msgspec.Struct):
+    """Body of ``PUT /quota/{cache_salt}`` (documents what :func:`parse_limit` accepts; other fields are ignored)."""
+
+    limit_gb: Annotated[float, msgspec.Meta(ge=0, le=MAX_LIMIT_GB, description="GiB; a JSON number, not a string")]
+
+
+SettableSalt = Annotated[str, PathParameter(
+    description="`_default` for the empty salt; at most 128 characters, none of `@ / \\` or NUL",
+    schema_extra={"pattern": openapi.CACHE_SALT_PATTERN, "minLength": 1})]
 
 
 class QuotaSet(msgspec.Struct):
@@ -201,9 +218,13 @@ def _bad(message: str) -> Response[Any]:
 
 
 @put("/{cache_salt:str}", status_code=200, guards=[require_admin], summary="Create or update a quota",
-     description="Body `{\"limit_gb\": <number>}` (GiB; finite, non-negative). `_default` is the empty salt.")
+     description="Body `{\"limit_gb\": <number>}` (GiB; finite, non-negative). `_default` is the empty salt.",
+     operation_class=openapi.operation(body=openapi.json_body(QuotaLimit)), responses={
+         200: openapi.json(QuotaSet, "the quota is set; `limit_gb` echoes the number sent"),
+         400: openapi.error("a salt no key can carry, or a body that is not `{\"limit_gb\": <number>}` with a "
+                            "finite, non-negative number")})
 async def set_quota(engine: Engine, request: Request[Any, Any, Any],
-                    cache_salt: FromPath[str]) -> QuotaSet | Response[Any]:
+                    cache_salt: FromPath[SettableSalt]) -> QuotaSet | Response[Any]:
     """Validate the salt and the body, then set the limit (a dict write under the manager's lock)."""
     salt = salt_of(request, cache_salt)
     try:

@@ -50,21 +50,63 @@ import logging
 from typing import Annotated, Any
 
 import anyio
+import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.params import FromPath, PathParameter
 
 from lmcache_core import hookimpl
+from lmcache_core.http import openapi
 from lmcache_core.http.deps import Engine, unavailable_body
 from lmcache_core.http.guard import require_admin
 from lmcache_core.server import CacheServer
 from lmcache_core.storage.l2.base import L2Adapter, Reconfigurable, ReconfigureError
 
-from .bodies import Refusal, decode_object, error, normalise, operation_params
+from .bodies import GenericBody, Refusal, decode_object, error, normalise, operation_params
 
 logger = logging.getLogger(__name__)
 
-BackendPath = Annotated[str, PathParameter(description="L2 adapter type (stripped, case-insensitive), e.g. dax")]
-OperationPath = Annotated[str, PathParameter(description="Operation (stripped, case-insensitive), e.g. add")]
+_NOT_BLANK = {"pattern": openapi.NOT_BLANK}
+BackendPath = Annotated[str, PathParameter(description="L2 adapter type (stripped, case-insensitive), e.g. dax",
+                                           schema_extra=_NOT_BLANK)]
+OperationPath = Annotated[str, PathParameter(description="Operation (stripped, case-insensitive), e.g. add",
+                                             schema_extra=_NOT_BLANK)]
+
+
+# -- what the OpenAPI document says (the handlers build these answers as dicts) ----------------
+
+
+class Backends(msgspec.Struct):
+    """``GET /reconfigure/backends`` 200."""
+
+    enabled: bool
+    num_backends: int
+    backends: list[str]
+
+
+class AdapterStatus(msgspec.Struct):
+    """One reconfigurable adapter: ``adapter_index`` is backend-local, ``status`` the adapter's own fields."""
+
+    adapter_index: int
+    l2_adapter_index: int
+    backend: str
+    supported_operations: list[str]
+    status: dict[str, Any]
+
+
+class BackendStatus(msgspec.Struct):
+    """``GET /reconfigure/{backend}/status`` 200 (``enabled`` false for a backend with no such adapter)."""
+
+    enabled: bool
+    backend: str
+    num_adapters: int
+    adapters: list[AdapterStatus]
+
+
+BLANK = openapi.error("`backend` (or `operation`) is blank")
+OPERATION_BODY = openapi.json_body(GenericBody, "A JSON object. `dax`: the seed's bodies (`add`: `device_path`, "
+                                                "`size`; `remove`: `device_path`, `mode`, `force`; `resize`: "
+                                                "`device_path`, `size`, `mode`, `force`), unknown fields refused; "
+                                                "any other backend: `adapter_index` plus the adapter's fields.")
 
 
 def backend_name(adapter: L2Adapter) -> str:
@@ -158,7 +200,8 @@ async def _operation(engine: CacheServer, backend: str, operation: str,
     return Response(result, status_code=200)
 
 
-@get("/reconfigure/backends", sync_to_thread=False, summary="Backends with a runtime-reconfigurable L2 adapter")
+@get("/reconfigure/backends", sync_to_thread=False, summary="Backends with a runtime-reconfigurable L2 adapter",
+     responses={200: openapi.json(Backends, "sorted backend names")})
 def reconfigure_backends(engine: Engine) -> dict[str, Any]:
     """The sorted, de-duplicated backend names; ``enabled`` false (and no backends) when there are none."""
     names = sorted({backend_name(a) for a in reconfigurable_adapters(engine)})
@@ -166,7 +209,8 @@ def reconfigure_backends(engine: Engine) -> dict[str, Any]:
 
 
 @get("/reconfigure/{backend:str}/status", sync_to_thread=True,
-     summary="Reconfigurable adapters of one backend, with backend-local indexes")
+     summary="Reconfigurable adapters of one backend, with backend-local indexes",
+     responses={200: openapi.json(BackendStatus, "the backend's reconfigurable adapters"), 400: BLANK})
 def reconfigure_status(engine: Engine, backend: FromPath[BackendPath]) -> Response[Any]:
     """Runs on a worker thread: an adapter's status may probe devices."""
     try:
@@ -176,8 +220,19 @@ def reconfigure_status(engine: Engine, backend: FromPath[BackendPath]) -> Respon
     return Response(_backend_status(engine, name), status_code=200)
 
 
+# Positive data: which body an operation takes depends on the path (dax's bodies are strict, other backends'
+# free), which one JSON schema cannot say; the conformance test does not expect every body to be accepted.
 @post("/reconfigure/{backend:str}/{operation:str}", status_code=200, guards=[require_admin],
-      summary="Apply one reconfiguration operation (Device-DAX: add, remove, resize)")
+      summary="Apply one reconfiguration operation (Device-DAX: add, remove, resize)",
+      operation_class=openapi.operation(body=OPERATION_BODY), responses={
+          200: openapi.json(dict[str, Any], "the adapter's result, with `adapter_index` and `l2_adapter_index`"),
+          400: openapi.error("blank backend or operation, an operation the adapter does not support, a bad "
+                             "`size`, or parameters the adapter refused"),
+          404: openapi.error("`adapter_index` is out of range for the backend (an unknown backend has none)"),
+          409: openapi.error("the adapter cannot do the operation now"),
+          422: openapi.error("the body is not a JSON object, or fails the dax schema", openapi.ValidationErrorBody),
+          500: openapi.error("the adapter failed"),
+          501: openapi.error("the adapter does not implement the operation")})
 async def reconfigure_operation(engine: Engine, backend: FromPath[BackendPath], operation: FromPath[OperationPath],
                                 request: Request[Any, Any, Any]) -> Response[Any]:
     """Validates on the event loop (cheap), runs the adapter's operation on a worker thread."""
