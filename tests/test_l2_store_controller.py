@@ -203,4 +203,8 @@ def test_write_behind_metrics_count_submitted_skipped_and_dropped(l1):
     assert (dropped, skipped, submitted) == (2, 1, 2)
     assert value("lmcache_mp_l2_store_queue_objects") == 0
     assert value("lmcache_mp_num_inflight_l2_stores") == 0
+    from lmcache_core.observability.metrics import reset_all
+
+    reset_all()  # what POST /metrics/reset does
+    assert [value(n) for n in names] == [0.0, 0.0, 0.0]
     a.close()

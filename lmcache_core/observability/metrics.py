@@ -14,8 +14,6 @@ def reset_all() -> None:
     from lmcache_core.http import metrics as http_metrics
     from lmcache_core.storage import metrics as l1_metrics
     from lmcache_core.storage.l2 import metrics as l2_metrics
-    from lmcache_core.storage.l2 import prefetch_controller
-    from lmcache_core.storage.l2 import store_controller
     from lmcache_core.transport import metrics as dp_metrics
     from lmcache_core.transport.zmq_server import ZMQ_REQUESTS
 
@@ -24,5 +22,3 @@ def reset_all() -> None:
     ZMQ_REQUESTS.clear()
     http_metrics.reset()
     dp_metrics.reset()
-    prefetch_controller.reset_warm_metrics()
-    store_controller.reset_metrics()

@@ -35,10 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from lmcache_core.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager, L1Result
+from lmcache_core.storage.l2 import metrics
 from lmcache_core.storage.l2.base import L2Adapter
 
 logger = logging.getLogger(__name__)
@@ -184,7 +183,7 @@ class PrefetchController:
             return []
         found = [a.lookup_and_lock(flat) for a in self.adapters]
         hits = [f.result() for f in found]
-        PREFETCH_LOOKUP_OBJECTS.inc(len(flat))
+        metrics.PREFETCH_LOOKUP_OBJECTS.inc(len(flat))
         source = _plan_sources(flat, hits)
         prefix = _leading_complete(chunks, source)
         planned = [k for c in chunks[:prefix] for k in c]
@@ -216,8 +215,8 @@ class PrefetchController:
         keep_set = set(keep)
         oom = sum(1 for r in reserved.results if r == L1Result.OUT_OF_MEMORY)
         if oom:
-            PREFETCH_FAILURE.labels("l1_oom").inc(oom)
-        PREFETCH_LOAD_SUBMITTED.inc(len(keep))
+            metrics.PREFETCH_FAILURE.labels("l1_oom").inc(oom)
+        metrics.PREFETCH_LOAD_SUBMITTED.inc(len(keep))
         drop = [k for k in ok_reserve if k not in keep_set]
         if drop:
             self.l1.delete(drop, force=True)  # our own write reservations: nobody else can hold them
@@ -225,10 +224,10 @@ class PrefetchController:
             return []
         loaded_ok = self._load_into({k: ok_reserve[k] for k in keep}, source)
         if len(loaded_ok) < len(keep):
-            PREFETCH_FAILURE.labels("load_failed").inc(len(keep) - len(loaded_ok))
+            metrics.PREFETCH_FAILURE.labels("load_failed").inc(len(keep) - len(loaded_ok))
         good = _leading_complete(chunks[:prefix], loaded_ok)
         handed = [k for c in chunks[:good] for k in c]
-        PREFETCH_LOAD_COMPLETED.inc(len(handed))
+        metrics.PREFETCH_LOAD_COMPLETED.inc(len(handed))
         handed_set = set(handed)
         rest = [k for k in keep if k not in handed_set]
         if handed:
@@ -252,38 +251,6 @@ class PrefetchController:
 
 
 # -- warm prefetch jobs (POST /l2/prefetch, GET /l2/prefetch/{request_id}) -------------------
-
-WARM_JOBS_SUBMITTED = Counter("lmcache_mp_l2_warm_prefetch_jobs_submitted",
-                              "Warm prefetch jobs submitted (POST /l2/prefetch)")
-WARM_JOBS_COMPLETED = Counter("lmcache_mp_l2_warm_prefetch_jobs_completed",
-                              "Warm prefetch jobs whose load finished")
-WARM_JOBS_EXPIRED = Counter("lmcache_mp_l2_warm_prefetch_jobs_expired",
-                            "Completed warm prefetch jobs dropped unpolled (past the TTL or the count cap)")
-WARM_KEYS_LOADED = Counter("lmcache_mp_l2_warm_prefetch_loaded_keys",
-                           "Objects loaded from L2 into L1 by warm prefetch jobs")
-WARM_JOBS_IN_FLIGHT = Gauge("lmcache_mp_l2_warm_prefetch_jobs_in_flight",
-                            "Warm prefetch jobs submitted and not yet completed")
-
-
-# Lookup-driven prefetch (spec §5.2 l2_prefetch_lookup_objects, l2_prefetch_load_submitted_objects,
-# l2_prefetch_failure{reason}): what a LOOKUP (or a warm job) asked L2 for, what it loaded, and why not.
-PREFETCH_LOOKUP_OBJECTS = Counter("lmcache_mp_l2_prefetch_lookup_objects", "Objects looked up in L2 by prefetches")
-PREFETCH_LOAD_SUBMITTED = Counter("lmcache_mp_l2_prefetch_load_submitted_objects",
-                                  "Objects a prefetch reserved in L1 and started loading from L2")
-PREFETCH_LOAD_COMPLETED = Counter("lmcache_mp_l2_prefetch_load_completed_objects",
-                                  "Objects a prefetch loaded from L2 and handed to L1")
-PREFETCH_FAILURE = Counter("lmcache_mp_l2_prefetch_failure",
-                           "Objects a prefetch found in L2 but could not bring to L1: l1_oom (no L1 room), "
-                           "load_failed (the adapter's read failed or the object vanished)", ["reason"])
-
-
-def reset_warm_metrics() -> None:
-    """Zero the prefetch counters (``POST /metrics/reset``); the in-flight gauge is live."""
-    PREFETCH_FAILURE.clear()
-    for counter in (WARM_JOBS_SUBMITTED, WARM_JOBS_COMPLETED, WARM_JOBS_EXPIRED, WARM_KEYS_LOADED,
-                    PREFETCH_LOOKUP_OBJECTS, PREFETCH_LOAD_SUBMITTED, PREFETCH_LOAD_COMPLETED):
-        counter.reset()
-
 
 DEFAULT_WARM_JOB_TTL_S = 600.0
 DEFAULT_WARM_JOB_MAX_COMPLETED = 10_000
@@ -354,15 +321,15 @@ class WarmPrefetchJobs:
             self._expire_locked(self.clock())
             self._jobs[request_id] = _WarmJob(total_keys=len(keys))
         if self.metrics:
-            WARM_JOBS_SUBMITTED.inc()
-            WARM_JOBS_IN_FLIGHT.inc()
+            metrics.WARM_JOBS_SUBMITTED.inc()
+            metrics.WARM_JOBS_IN_FLIGHT.inc()
         try:
             self.controller.submit_warm(keys, object_nbytes, lambda found, total: self._done(request_id, found, total))
         except BaseException:
             with self._lock:
                 self._jobs.pop(request_id, None)
             if self.metrics:
-                WARM_JOBS_IN_FLIGHT.dec()
+                metrics.WARM_JOBS_IN_FLIGHT.dec()
             raise
         return request_id
 
@@ -406,9 +373,9 @@ class WarmPrefetchJobs:
                 self._completed[request_id] = now
             self._expire_locked(now)
         if self.metrics:
-            WARM_JOBS_IN_FLIGHT.dec()
-            WARM_JOBS_COMPLETED.inc()
-            WARM_KEYS_LOADED.inc(found)
+            metrics.WARM_JOBS_IN_FLIGHT.dec()
+            metrics.WARM_JOBS_COMPLETED.inc()
+            metrics.WARM_KEYS_LOADED.inc(found)
 
     def _expire_locked(self, now: float) -> int:
         gone = 0
@@ -422,5 +389,5 @@ class WarmPrefetchJobs:
         if gone:
             self.expired += gone
             if self.metrics:
-                WARM_JOBS_EXPIRED.inc(gone)
+                metrics.WARM_JOBS_EXPIRED.inc(gone)
         return gone

@@ -24,34 +24,15 @@ from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from lmcache_core.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Listener, L1Manager, L1Result
+from lmcache_core.storage.l2 import metrics
 from lmcache_core.storage.l2.base import L2Adapter
 
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_KEYS = 1 << 20
 BATCH = 256
-
-# Spec §5.2 l2_store_submitted_objects and num_inflight_l2_stores, plus what an operator needs to see
-# write-behind falling behind: the queue depth and what it dropped or skipped.
-L2_STORE_SUBMITTED = Counter("lmcache_mp_l2_store_submitted_objects",
-                             "Objects handed to the L2 adapters by the write-behind")
-L2_STORE_DROPPED = Counter("lmcache_mp_l2_store_dropped_objects",
-                           "Objects dropped from a full write-behind queue (never stored in L2)")
-L2_STORE_SKIPPED = Counter("lmcache_mp_l2_store_skipped_objects",
-                           "Objects that left L1 before the write-behind reached them")
-L2_STORE_QUEUE = Gauge("lmcache_mp_l2_store_queue_objects", "Objects waiting for the write-behind")
-L2_STORES_IN_FLIGHT = Gauge("lmcache_mp_num_inflight_l2_stores", "Objects being written to L2 now")
-
-
-def reset_metrics() -> None:
-    """Zero the write-behind counters (``POST /metrics/reset``); gauges are live."""
-    for counter in (L2_STORE_SUBMITTED, L2_STORE_DROPPED, L2_STORE_SKIPPED):
-        counter.reset()
-
 
 class _Listener(L1Listener):
     def __init__(self, controller: StoreController) -> None:
@@ -93,8 +74,8 @@ class StoreController:
                 self._queue.popleft()
             if overflow > 0:
                 self.dropped_keys += overflow
-                L2_STORE_DROPPED.inc(overflow)
-            L2_STORE_QUEUE.set(len(self._queue))
+                metrics.L2_STORE_DROPPED.inc(overflow)
+            metrics.L2_STORE_QUEUE.set(len(self._queue))
         self._wake.set()
 
     def pending(self) -> int:
@@ -107,7 +88,7 @@ class StoreController:
         for _ in range(max_batches):
             with self._lock:
                 batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-                L2_STORE_QUEUE.set(len(self._queue))
+                metrics.L2_STORE_QUEUE.set(len(self._queue))
             if not batch:
                 break
             pushed += self._push(batch)
@@ -118,12 +99,12 @@ class StoreController:
         results = self.l1.reserve_read(keys, 1)
         pinned = [k for k, r in zip(keys, results) if r == L1Result.SUCCESS]
         self.skipped_keys += len(keys) - len(pinned)
-        L2_STORE_SKIPPED.inc(len(keys) - len(pinned))
+        metrics.L2_STORE_SKIPPED.inc(len(keys) - len(pinned))
         if not pinned:
             return 0
         self.in_flight += len(pinned)
-        L2_STORE_SUBMITTED.inc(len(pinned))
-        L2_STORES_IN_FLIGHT.inc(len(pinned))
+        metrics.L2_STORE_SUBMITTED.inc(len(pinned))
+        metrics.L2_STORES_IN_FLIGHT.inc(len(pinned))
         try:
             views = self.l1.read(pinned).views
             futures: list[Future[list[bool]]] = [a.store(pinned, views) for a in self.adapters]
@@ -141,7 +122,7 @@ class StoreController:
         finally:
             self.l1.finish_read(pinned, 1)
             self.in_flight -= len(pinned)
-            L2_STORES_IN_FLIGHT.dec(len(pinned))
+            metrics.L2_STORES_IN_FLIGHT.dec(len(pinned))
         if self.policy == "skip_l1":
             done = [k for k, ok in zip(pinned, everywhere) if ok]
             if done:
