@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from lmcache_core.bench.peer import PEER_ENV, peer_server_cmd
 from lmcache_core.testing import free_port, server_process
 
 PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
-PEER_ENV = {"LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "PYTHONWARNINGS": "ignore"}
 
 
 @dataclass
@@ -65,7 +65,5 @@ def ours_with_fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ser
 @pytest.fixture
 def theirs(tmp_path: Path, peer_python: Path) -> Iterator[Served]:
     zp, hp = free_port(), free_port()
-    yield from _serve([str(peer_python.parent / "lmcache"), "server", "--host", "127.0.0.1", "--port", str(zp),
-                       "--http-host", "127.0.0.1", "--http-port", str(hp), "--l1-size-gb", "1",
-                       "--eviction-policy", "LRU", "--supported-transfer-mode", "auto"],
+    yield from _serve(peer_server_cmd(peer_python.parent / "lmcache", zp, hp, 1, "--supported-transfer-mode", "auto"),
                       _clean_env(**PEER_ENV), zp, hp, tmp_path / "peer.log")

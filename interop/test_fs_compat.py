@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmcache_core.bench.peer import PEER_ENV, peer_server_cmd
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.testing import free_port, server_process
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
-PEER_ENV = {"LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "PYTHONWARNINGS": "ignore"}
 CHUNK = 256
 BLOCK = 16
 BPC = CHUNK // BLOCK
@@ -93,10 +93,8 @@ def serve_ours(base_path: Path, log: Path) -> contextlib.AbstractContextManager[
 def serve_theirs(peer_python: Path, base_path: Path, log: Path) -> contextlib.AbstractContextManager[Served]:
     """The real LMCache 0.5.6 server with an fs L2 on ``base_path`` (the arguments of ``run-peer.sh``)."""
     zp, hp = free_port(), free_port()
-    return _serve([str(peer_python.parent / "lmcache"), "server", "--host", "127.0.0.1", "--port", str(zp),
-                   "--http-host", "127.0.0.1", "--http-port", str(hp), "--l1-size-gb", "1",
-                   "--eviction-policy", "LRU", "--supported-transfer-mode", "auto",
-                   "--l2-adapter", _adapter(base_path)], _clean_env(**PEER_ENV), zp, hp, log)
+    return _serve(peer_server_cmd(peer_python.parent / "lmcache", zp, hp, 1, "--supported-transfer-mode", "auto",
+                                  "--l2-adapter", _adapter(base_path)), _clean_env(**PEER_ENV), zp, hp, log)
 
 
 def data_files(base_path: Path) -> dict[str, int]:

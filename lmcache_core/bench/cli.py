@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import lmcache_core.bench as bench_pkg
 
-NOT_BENCHES = {"cli"}
+NOT_BENCHES = {"cli", "peer"}
 GROUPS = {
     # issue 3's figures: hashing, L1 operations and metadata, eviction (policy and end to end)
     "storage": ["hashing", "l1", "eviction", "eviction_tick"],

@@ -20,16 +20,15 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from lmcache_core.bench.peer import PEER_VENV, peer_env, peer_lmcache, peer_server_cmd
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.testing import free_port, server_process
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
-PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
 CHUNK, BLOCK = 256, 16
 BPC = CHUNK // BLOCK
 HEADS, HEAD_DIM = 8, 128
@@ -179,16 +178,12 @@ def run() -> list[dict[str, Any]]:
                "store_ratio_to_raw": round(ours["store_gbps"] / raw_gather, 3),
                "retrieve_ratio_to_raw": round(ours["retrieve_gbps"] / raw_scatter, 3)}
         rows.append(row)
-        peer = PEER_VENV / "bin" / "lmcache"
-        if peer.exists():
+        peer = peer_lmcache()
+        if peer is not None:
             zp, hp = free_port(), free_port()
             try:
-                with server_process([str(peer), "server", "--host", "127.0.0.1", "--port", str(zp), "--http-host",
-                                     "127.0.0.1", "--http-port", str(hp), "--l1-size-gb", str(l1_gb),
-                                     "--eviction-policy", "LRU", "--supported-transfer-mode", "auto"],
-                                    f"http://127.0.0.1:{hp}/healthcheck",
-                                    env={**env, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false",
-                                         "PYTHONWARNINGS": "ignore"}):
+                with server_process(peer_server_cmd(peer, zp, hp, l1_gb, "--supported-transfer-mode", "auto"),
+                                    f"http://127.0.0.1:{hp}/healthcheck", env=peer_env(env)):
                     theirs = drive(f"tcp://127.0.0.1:{zp}", kv, sequences, chunks, lookups)
                 rows.append({**base, "server": "lmcache-0.5.6", **theirs,
                              "store_ratio_to_raw": round(theirs["store_gbps"] / raw_gather, 3),

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from lmcache_core.bench.startup import PEER_VENV
+from lmcache_core.bench.peer import PEER_VENV, peer_env, peer_lmcache, peer_server_cmd
 from lmcache_core.testing import free_port, stop_process_group, wait_http
 
 PATHS = ("/healthcheck", "/status", "/quota")
@@ -142,14 +142,10 @@ def run(seconds: float = 3.0, l1_size_gb: float = 1.0) -> list[dict[str, Any]]:
                      "--http-port", str(port), "--port", str(free_port()), "--log-level", "WARNING"],
                     port, env, seconds)
     theirs: dict[str, dict[str, Any]] | None = None
-    peer = PEER_VENV / "bin" / "lmcache"
-    if peer.exists():
+    peer = peer_lmcache()
+    if peer is not None:
         port = free_port()
-        theirs = _measure(
-            [str(peer), "server", "--host", "127.0.0.1", "--port", str(free_port()), "--http-host", "127.0.0.1",
-             "--http-port", str(port), "--l1-size-gb", str(l1_size_gb), "--eviction-policy", "LRU"],
-            port, {**env, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "PYTHONWARNINGS": "ignore"},
-            seconds)
+        theirs = _measure(peer_server_cmd(peer, free_port(), port, l1_size_gb), port, peer_env(env), seconds)
     rows = []
     for path in PATHS:
         row: dict[str, Any] = {"bench": "http", "path": path, "connections": CONNECTIONS, "seconds": seconds,

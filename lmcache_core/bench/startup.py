@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lmcache_core.bench.peer import PEER_VENV, peer_env, peer_lmcache, peer_server_cmd
 from lmcache_core.testing import free_port, stop_process_group
 
-PEER_VENV = Path(os.environ.get("LMCACHE_PEER_VENV", Path.home() / ".cache/lmcache-peer/venv"))
 
 
 def _rss_bytes(pid: int) -> int:
@@ -95,13 +95,10 @@ def run(l1_size_gb: float = 4.0) -> list[dict[str, Any]]:
         "baseline_import_torch_rss_mb": torch_floor["rss_mb"],
         "target_seconds": 3.0, "target_rss_mb": 400,
     }
-    peer = PEER_VENV / "bin" / "lmcache"
-    if peer.exists():
+    peer = peer_lmcache()
+    if peer is not None:
         port = free_port()
-        theirs = measure_server(
-            [str(peer), "server", "--host", "127.0.0.1", "--port", str(free_port()), "--http-host", "127.0.0.1",
-             "--http-port", str(port), "--l1-size-gb", str(l1_size_gb), "--eviction-policy", "LRU"],
-            port, {**env, "LMCACHE_DISABLE_BANNER": "1", "LMCACHE_TRACK_USAGE": "false", "PYTHONWARNINGS": "ignore"})
+        theirs = measure_server(peer_server_cmd(peer, free_port(), port, l1_size_gb), port, peer_env(env))
         row["lmcache_0_5_6_seconds_to_healthy"] = theirs.get("seconds_to_healthy")
         row["lmcache_0_5_6_rss_mb"] = theirs.get("rss_mb")
         if "error" in theirs:
