@@ -40,11 +40,11 @@ bench: $(STAMP)
 	$(BIN)/lmcache-server bench all
 	$(BIN)/python -m lmcache_plugin_fs.bench
 
-# Interoperability with the real LMCache 0.5.6 (installed in its own venv when missing;
-# it is never a dependency of lmcache-server). PEER_DIR: the steering repo's peer scripts.
-PEER_DIR ?= ../shared/peer
+# Interoperability with the real LMCache 0.5.6 (installed by interop/install-peer.sh in its own
+# venv when missing, at $LMCACHE_PEER_VENV or ~/.cache/lmcache-peer/venv; it is never a
+# dependency of lmcache-server).
 interop: $(STAMP)
-	bash $(PEER_DIR)/install-peer.sh
+	bash interop/install-peer.sh
 	$(BIN)/python -m pytest interop -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make interop: pytest collected no tests" >&2; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi

@@ -39,7 +39,7 @@ def _serve(cmd: list[str], env: dict[str, str], zp: int, hp: int, log: Path) -> 
 def peer_python() -> Path:
     py = PEER_VENV / "bin" / "python"
     if not py.exists():
-        pytest.fail(f"no LMCache peer at {PEER_VENV}: run ../shared/peer/install-peer.sh (make interop does)")
+        pytest.fail(f"no LMCache peer at {PEER_VENV}: run interop/install-peer.sh (make interop does)")
     return py
 
 

@@ -90,8 +90,8 @@ def test_lmcache_vectors(name: str, tokens: list[int], start: int, end: int | No
 
 
 def _vectors_file() -> Path:
-    # A copy of ../shared/protocol/test_vectors.json (facts computed by lmcache==0.5.6),
-    # kept in the repository so the check never depends on the steering folder.
+    # Vectors computed with lmcache==0.5.6 (facts about its hashing and keys),
+    # kept in the repository so the check needs nothing beside it.
     return Path(__file__).resolve().parent / "data" / "test_vectors.json"
 
 
@@ -287,3 +287,35 @@ def test_bench_rows_are_complete_and_json_able() -> None:
         assert row["ms_p50"] > 0 and row["baseline_ms"] > 0 and row["ratio"] > 0
         assert row["baseline"] == "blake3 of the same bytes in one call"
     assert rows[0]["target_ms"] == 2.0 and rows[0]["tokens"] == 131072
+
+
+# -- chunk_span: the one rule for token ranges → chunks ---------------------------------------------
+
+@pytest.mark.parametrize(("start", "end", "num_tokens", "expected"), [
+    (0, 0, None, (0, 0)),
+    (0, 255, None, (0, 0)),       # a partial chunk is not a chunk
+    (0, 256, None, (0, 1)),
+    (0, 257, None, (0, 1)),       # the unaligned end's chunk is excluded
+    (0, 272, None, (0, 1)),       # vLLM's prefix-cache free: chunk 0 only
+    (16, 512, None, (0, 2)),      # the unaligned start's chunk is included
+    (256, 512, None, (1, 2)),
+    (300, 256, None, (1, 1)),     # inverted: empty
+    (-5, 512, None, (0, 2)),
+    (0, 1024, 600, (0, 2)),       # end clamped to the token count first
+])
+def test_chunk_span_boundaries(start, end, num_tokens, expected):
+    from lmcache_core.hashing import chunk_span
+
+    assert chunk_span(start, end, 256, num_tokens) == expected
+
+
+@given(st.integers(-1000, 5000), st.integers(-1000, 5000), st.integers(1, 512))
+@settings(max_examples=300, deadline=None)
+def test_chunk_span_covers_exactly_the_chunks_that_start_in_range_and_end_by_end(start, end, chunk):
+    from lmcache_core.hashing import chunk_span
+
+    first, stop = chunk_span(start, end, chunk)
+    assert first <= stop
+    for c in range(first, stop):  # every chunk named ends by `end`, and the first holds `start`
+        assert (c + 1) * chunk <= max(end, 0)
+    assert first * chunk <= max(start, 0) < (first + 1) * chunk

@@ -51,8 +51,8 @@ SALTED = ObjectKey(HASH0, "test-model", 0x02010201, 10, "alice")
 
 
 def _vectors_file() -> Path:
-    # A copy of ../shared/protocol/test_vectors.json (facts computed by lmcache==0.5.6),
-    # kept in the repository so the check never depends on the steering folder.
+    # Vectors computed with lmcache==0.5.6 (facts about its hashing and keys),
+    # kept in the repository so the check needs nothing beside it.
     return Path(__file__).resolve().parent / "data" / "test_vectors.json"
 
 

@@ -8,7 +8,7 @@ the same bytes in the same block pattern (the faster of ``index_select`` per
 layer and per K/V plane into a contiguous buffer, and ``index_copy_`` back).
 
 The real LMCache 0.5.6 server is measured by the same driver when its peer venv
-exists (``../shared/peer/install-peer.sh``); our client speaks its protocol.
+exists (``interop/install-peer.sh``); our client speaks its protocol.
 
 Environment: ``LMCACHE_BENCH_SEQUENCES`` (8), ``LMCACHE_BENCH_CHUNKS`` (8 per
 sequence), ``LMCACHE_BENCH_LOOKUPS`` (200), ``LMCACHE_BENCH_LAYERS`` (32).

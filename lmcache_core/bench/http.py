@@ -152,7 +152,7 @@ def run(seconds: float = 3.0, l1_size_gb: float = 1.0) -> list[dict[str, Any]]:
                                "generator": generator(),
                                **{f"ours_{k}": v for k, v in ours[path].items()}}
         if theirs is None:
-            row["lmcache_0_5_6"] = f"not measured: no peer at {PEER_VENV} (run ../shared/peer/install-peer.sh)"
+            row["lmcache_0_5_6"] = f"not measured: no peer at {PEER_VENV} (run interop/install-peer.sh)"
         else:
             row.update({f"lmcache_0_5_6_{k}": v for k, v in theirs[path].items()})
             if theirs[path]["requests_per_s"]:

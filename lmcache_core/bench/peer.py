@@ -1,4 +1,4 @@
-"""The real LMCache 0.5.6 server as a baseline and interop partner (installed by ``../shared/peer/install-peer.sh``).
+"""The real LMCache 0.5.6 server as a baseline and interop partner (installed by ``interop/install-peer.sh``).
 
 One place for where its venv is, the environment it runs quietly with, and its
 command line, so every benchmark and interop test starts it the same way.

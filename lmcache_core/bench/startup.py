@@ -3,7 +3,7 @@
 Measured for lmcache-server with every installed plugin, and in the same run for
 two baselines: the floor of any torch-based Python server (a process that only imports
 torch: its time and its RSS right after), and the real
-LMCache 0.5.6 server when its peer venv exists (``../shared/peer/install-peer.sh``).
+LMCache 0.5.6 server when its peer venv exists (``interop/install-peer.sh``).
 """
 
 from __future__ import annotations
@@ -107,5 +107,5 @@ def run(l1_size_gb: float = 4.0) -> list[dict[str, Any]]:
             row["ratio_seconds_ours_over_lmcache"] = round(ours["seconds_to_healthy"] / theirs["seconds_to_healthy"], 3)
             row["ratio_rss_ours_over_lmcache"] = round(ours["rss_mb"] / theirs["rss_mb"], 3)
     else:
-        row["lmcache_0_5_6"] = f"not measured: no peer at {PEER_VENV} (run ../shared/peer/install-peer.sh)"
+        row["lmcache_0_5_6"] = f"not measured: no peer at {PEER_VENV} (run interop/install-peer.sh)"
     return [row]
