@@ -12,7 +12,8 @@ each handle one object and may raise:
 * :meth:`L2Adapter._list` (optional) — one page of keys after an opaque cursor.
 
 and optionally :meth:`L2Adapter._recover` (what is already stored, at start),
-:meth:`L2Adapter._status` and :meth:`L2Adapter._close`.
+:meth:`L2Adapter._status`, :meth:`L2Adapter._close` and :meth:`L2Adapter._map` (run a
+batch's per-object calls concurrently, for backends that gain from parallel requests).
 
 The base class gives every adapter, for free:
 
@@ -33,10 +34,10 @@ import ctypes
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -46,6 +47,8 @@ from lmcache_core.storage.l2 import metrics
 logger = logging.getLogger(__name__)
 
 GIB = 1 << 30
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def as_bytes_view(obj: Any) -> memoryview:
@@ -282,6 +285,15 @@ class L2Adapter(abc.ABC):
     def _close(self) -> None:
         """Release the adapter's resources."""
 
+    def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``[fn(x) for x in items]``: how one batch runs its per-object calls (``fn`` never raises).
+
+        The default runs them one after another on the pool thread that took the batch.
+        An adapter whose backend gains from concurrent requests (object stores: S3)
+        overrides this to fan them out on threads of its own; results stay in order.
+        """
+        return [fn(x) for x in items]
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -425,39 +437,38 @@ class L2Adapter(abc.ABC):
         metrics.L2_USAGE_BYTES.labels(self.l2_name).set(self._total)
 
     def _store_all(self, keys: list[ObjectKey], objs: list[Any]) -> list[bool]:
-        ok: list[bool] = []
-        stored, sizes = [], []
-        started = time.perf_counter()
-        for k, obj in zip(keys, objs):
+        def put(pair: tuple[ObjectKey, Any]) -> int | None:
             try:
-                data = as_bytes_view(obj)
-                self._put(k, data)
+                data = as_bytes_view(pair[1])
+                self._put(pair[0], data)
             except Exception as exc:
                 self._failed("store")
                 logger.warning("L2 %s #%d: store failed: %s", self.type_name, self.index, exc)
-                ok.append(False)
-                continue
-            ok.append(True)
-            stored.append(k)
-            sizes.append(data.nbytes)
+                return None
+            return data.nbytes
+
+        started = time.perf_counter()
+        done = self._map(put, list(zip(keys, objs)))
         elapsed = time.perf_counter() - started
+        stored = [k for k, size in zip(keys, done) if size is not None]
+        sizes = [size for size in done if size is not None]
         self._account_stored(stored, sizes, notify=True)
         if stored:
             metrics.L2_STORED.labels(self.l2_name).inc(len(stored))
             if elapsed > 0:
                 metrics.L2_STORE_GBPS.labels(self.l2_name).observe(sum(sizes) / elapsed / 1e9)
-        return ok
+        return [size is not None for size in done]
 
     def _lookup_all(self, keys: list[ObjectKey]) -> list[bool]:
-        found: list[bool] = []
-        for k in keys:
+        def size_of(k: ObjectKey) -> bool:
             try:
-                size = self._size(k)
+                return self._size(k) is not None
             except Exception as exc:
                 self._failed("lookup")
                 logger.warning("L2 %s #%d: lookup failed: %s", self.type_name, self.index, exc)
-                size = None
-            found.append(size is not None)
+                return False
+
+        found = self._map(size_of, keys)
         with self._lock:
             for k, hit in zip(keys, found):
                 if hit:
@@ -468,26 +479,25 @@ class L2Adapter(abc.ABC):
         return found
 
     def _load_all(self, keys: list[ObjectKey], bufs: list[Any]) -> list[bool]:
-        ok = []
-        loaded_bytes = 0
         in_flight = metrics.L2_LOADS_IN_FLIGHT.labels(self.l2_name)
         in_flight.inc(len(keys))
-        started = time.perf_counter()
-        try:
-            for k, buf in zip(keys, bufs):
-                try:
-                    view = as_bytes_view(buf)
-                    ok.append(bool(self._get(k, view)))
-                    if ok[-1]:
-                        loaded_bytes += view.nbytes
-                except Exception as exc:
-                    self._failed("load")
-                    logger.warning("L2 %s #%d: load failed: %s", self.type_name, self.index, exc)
-                    ok.append(False)
+
+        def get(pair: tuple[ObjectKey, Any]) -> int | None:
+            try:
+                view = as_bytes_view(pair[1])
+                return view.nbytes if self._get(pair[0], view) else None
+            except Exception as exc:
+                self._failed("load")
+                logger.warning("L2 %s #%d: load failed: %s", self.type_name, self.index, exc)
+                return None
+            finally:
                 in_flight.dec()
-        finally:
-            in_flight.dec(len(keys) - len(ok))  # what an unexpected error left uncounted
+
+        started = time.perf_counter()
+        done = self._map(get, list(zip(keys, bufs)))
         elapsed = time.perf_counter() - started
+        ok = [size is not None for size in done]
+        loaded_bytes = sum(size for size in done if size is not None)
         if any(ok):
             metrics.L2_LOADED.labels(self.l2_name).inc(sum(ok))
             if elapsed > 0 and loaded_bytes:
@@ -504,22 +514,24 @@ class L2Adapter(abc.ABC):
         with self._lock:
             todo = [k for k in keys if k not in self._locks]
             locked = set(keys) - set(todo)
-        deleted: list[ObjectKey] = []
-        absent: list[ObjectKey] = []
-        failed: list[tuple[ObjectKey, str]] = []
-        seen: set[ObjectKey] = set()
-        for k in todo:
-            if k in seen:
-                continue  # a repeated key: one removal, reported once
-            seen.add(k)
+
+        def remove(k: ObjectKey) -> int | str | None:
             try:
-                size = self._remove(k)
+                return self._remove(k)
             except Exception as exc:
                 self._failed("delete")
                 logger.warning("L2 %s #%d: delete failed: %s", self.type_name, self.index, exc)
-                failed.append((k, f"{type(exc).__name__}: {exc}"))
-                continue
-            (absent if size is None else deleted).append(k)
+                return f"{type(exc).__name__}: {exc}"
+
+        unique = list(dict.fromkeys(todo))  # a repeated key: one removal, reported once
+        deleted: list[ObjectKey] = []
+        absent: list[ObjectKey] = []
+        failed: list[tuple[ObjectKey, str]] = []
+        for k, outcome in zip(unique, self._map(remove, unique)):
+            if isinstance(outcome, str):
+                failed.append((k, outcome))
+            else:
+                (absent if outcome is None else deleted).append(k)
         # An absent key may still be accounted (removed behind our back): drop it from the books too.
         self._account_deleted(deleted + absent, removed=deleted)
         if deleted:
