@@ -11,7 +11,9 @@
     ``{"status": "unhealthy", "reason": "engine not initialized"}`` (through the ``engine``
     dependency and this router's envelope). As in LMCache it checks that the engine is
     there and does not call into it: a Kubernetes probe must be cheap and must not flap
-    with storage trouble, which ``GET /status`` (``is_healthy``) reports instead.
+    with storage trouble, which ``GET /status`` (``is_healthy``) reports instead. The one thing
+    it does read is the ZMQ loop's heartbeat (a timestamp): a data-path loop stuck for more
+    than 5 s answers 503 ``{"status": "unhealthy", "reason": "data path loop stalled ..."}``.
 
 Both are ``application/json``; any other method answers 405 (``OPTIONS`` answers 204 with
 ``Allow``, Litestar's default). Neither is guarded by ``--http-admin-token``: probes need no
@@ -23,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Router, get
+from litestar import Response, Router, get
 
 from lmcache_core import hookimpl
 from lmcache_core.http.deps import Engine, unavailable_body
@@ -45,6 +47,8 @@ class Readiness(msgspec.Struct):
 ROOT_BODY = Liveness(status="ok", service="LMCache HTTP API")
 HEALTHY_BODY = Readiness(status="healthy")
 UNHEALTHY_BODY = {"status": "unhealthy", "reason": "engine not initialized"}
+LOOP_STALL_UNHEALTHY_S = 5.0
+"""The ZMQ loop wakes every 0.5 s at least; this long without a round means it is stuck."""
 
 
 @get("/", sync_to_thread=False, summary="Static liveness ping")
@@ -54,8 +58,13 @@ def root() -> Liveness:
 
 
 @get("/healthcheck", sync_to_thread=False, summary="Readiness probe")
-def healthcheck(engine: Engine) -> Readiness:
-    """200 ``{"status": "healthy"}`` once the engine is wired; 503 otherwise (through the ``engine`` dependency)."""
+def healthcheck(engine: Engine) -> Readiness | Response[dict[str, str]]:
+    """200 ``{"status": "healthy"}`` once the engine is wired; 503 otherwise (through the ``engine`` dependency),
+    and 503 while the ZMQ data-path loop has not gone round for :data:`LOOP_STALL_UNHEALTHY_S` seconds."""
+    stalled = engine.zmq.stalled_for() if engine.zmq is not None else 0.0
+    if stalled > LOOP_STALL_UNHEALTHY_S:
+        return Response({"status": "unhealthy", "reason": f"data path loop stalled for {stalled:.0f} s"},
+                        status_code=503)
     return HEALTHY_BODY
 
 

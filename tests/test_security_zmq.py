@@ -1,0 +1,90 @@
+"""Attacks on the ZMQ data path (issue 13, findings 1 and 8): a peer that never reads, oversize frames,
+floods of lookups. Real server, real sockets; each test shows the attacker refused and others served."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import msgspec
+import zmq
+
+from lmcache_core.client import LMCacheClient
+from lmcache_core.transport import wire
+from lmcache_core.transport.wire import Op
+from lmcache_core.transport.zmq_server import MAX_UID_FRAME_BYTES, Dispatch, HandlerSpec
+from security_support import healthy_client, raw_dealer, wait_for
+
+
+def _url(server) -> str:
+    return f"tcp://127.0.0.1:{server.mp_config.port}"
+
+
+def _noop(uid: object) -> list[bytes]:
+    frames = wire.encode_request(0, Op.NOOP)
+    return [msgspec.msgpack.encode(uid), *frames[1:]]
+
+
+def test_a_client_that_never_reads_cannot_wedge_the_loop(lmcache_server_factory, lmcache_http):
+    server = lmcache_server_factory(entry_points=True, allow="health")
+    base = lmcache_http(server)
+    url = _url(server)
+    attacker = raw_dealer(url, RCVHWM=1, RCVBUF=4096, SNDHWM=0)
+    try:
+        frames = _noop("x" * (MAX_UID_FRAME_BYTES - 8))  # the largest uid still answered
+        sent = 0
+        # Enough replies to fill the kernel buffers, libzmq's pipe and our backlog many times over.
+        while server.zmq.backlog()["dropped"] == 0 and sent < 400_000:
+            for _ in range(2000):
+                attacker.send_multipart(frames)
+            sent += 2000
+        wait_for(lambda: server.zmq.backlog()["dropped"] > 0, timeout_s=60)
+        # The attacker is still connected and still not reading: everyone else is served at once.
+        assert healthy_client(url, timeout_s=5)
+        assert httpx.get(f"{base}/healthcheck", timeout=5).json() == {"status": "healthy"}
+        backlog = server.zmq.backlog()
+        assert backlog["replies"] <= 64 and backlog["peers"] <= 2
+    finally:
+        attacker.close()
+    assert healthy_client(url, timeout_s=5)
+
+
+def test_an_oversize_uid_is_dropped_unanswered(lmcache_server_factory):
+    server = lmcache_server_factory()
+    attacker = raw_dealer(_url(server))
+    try:
+        attacker.send_multipart(_noop("y" * 65536))
+        attacker.send_multipart(_noop(7))  # then a normal request on the same connection
+        assert attacker.poll(5000, zmq.POLLIN)
+        reply = attacker.recv_multipart()
+        assert msgspec.msgpack.decode(reply[0]) == 7  # the 64 KiB one got no answer
+    finally:
+        attacker.close()
+    assert healthy_client(_url(server))
+
+
+def test_a_stuck_loop_shows_in_healthcheck(lmcache_server_factory, lmcache_http):
+    server = lmcache_server_factory(entry_points=True, allow="health")
+    base = lmcache_http(server)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck(args, identity):
+        entered.set()
+        release.wait(30)
+        return "OK"
+
+    server.zmq.handlers[Op.NOOP] = HandlerSpec(stuck, Dispatch.SYNC)  # a handler that blocks the loop thread
+    client = LMCacheClient(_url(server), timeout_s=30)
+    t = threading.Thread(target=client.noop, daemon=True)
+    t.start()
+    try:
+        assert entered.wait(10)
+        r = wait_for(lambda: (r := httpx.get(f"{base}/healthcheck", timeout=5)).status_code == 503 and r,
+                     timeout_s=20, interval_s=0.2)
+        assert r.json()["status"] == "unhealthy" and "stalled" in r.json()["reason"]
+    finally:
+        release.set()
+        t.join(10)
+        client.close()
+    wait_for(lambda: httpx.get(f"{base}/healthcheck", timeout=5).status_code == 200, timeout_s=10)
