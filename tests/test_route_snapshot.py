@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -140,7 +141,8 @@ def _request(base: str, method: str, target: str, body: bytes | None, headers: d
 def _record(template: str, target: str, status: int, ctype: str, raw: bytes) -> list[Any]:
     text = raw.decode("utf-8", "replace")
     path = target.split("?", 1)[0]
-    if status < 400 and (template in OPAQUE_PATHS or path in OPAQUE_PATHS):
+    lists_loggers = path == "/loglevel" and not re.search(r"logger_name=[^&]", target)  # every logger in the process
+    if status < 400 and (template in OPAQUE_PATHS or path in OPAQUE_PATHS or lists_loggers):
         return [status, ctype, {"shape": type(text).__name__ if ctype.startswith("text/") else "json"}]
     if status < 400 and (template in VOLATILE_PATHS or path in VOLATILE_PATHS):
         try:
