@@ -17,11 +17,11 @@ RUN_ARGS  ?= --http-host $(HTTP_HOST) --http-port $(HTTP_PORT) --l1-size-gb 1 \
              --l2-adapter '{"type":"fs","base_path":".lmcache"}'
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench interop clean
+.PHONY: install run test bench interop dist clean
 
 install: $(STAMP)
 
-$(STAMP): $(PYPROJECTS)
+$(STAMP): $(PYPROJECTS) VERSION
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch is pinned (torch==2.13.0) by lmcache-core; a CPU build is enough for CPU workers.
@@ -50,6 +50,17 @@ interop: $(STAMP)
 	if [ $$rc -ne 0 ]; then exit $$rc; fi
 	# The same workload through both servers, with our/theirs ratios (figures, not pass/fail).
 	LMCACHE_BENCH_SEQUENCES=4 LMCACHE_BENCH_LOOKUPS=100 $(BIN)/lmcache-server bench datapath
+
+# A wheel and an sdist of the core and of every plugin into $(DIST)/, all at the version in
+# VERSION. Built without isolation by the venv's setuptools and build (the test extra pins
+# both), so no package index is needed. Install the ones you choose, e.g.
+#   pip install --find-links dist "lmcache-core[fs,health,metrics]"
+DIST ?= dist
+dist: $(STAMP)
+	mkdir -p $(DIST)
+	rm -f $(DIST)/lmcache_core-* $(DIST)/lmcache_plugin_*
+	for d in . $(PLUGIN_DIRS); do $(BIN)/python -m build -q --no-isolation --outdir $(DIST) $$d || exit 1; done
+	ls $(DIST)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

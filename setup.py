@@ -5,7 +5,9 @@
 the commit is unknown (``""``). An editable install (``pip install -e``, what
 ``make`` does) records its source tree instead, and the server reads that
 tree's HEAD when asked, so a developer's server reports the code it runs, not
-the commit it was first installed at.
+the commit it was first installed at. An sdist (``make dist``) carries the
+commit it was made from and never a source tree, so the wheel built from it
+(which is built outside git) reports that commit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).resolve().parent
 BUILD_INFO = HERE / "lmcache_core" / "_build_info.py"
@@ -50,4 +53,16 @@ class BuildPyWithCommit(build_py):
             target.write_text(_render(commit, None))
 
 
-setup(cmdclass={"build_py": BuildPyWithCommit})
+class SdistWithCommit(sdist):
+    """``sdist`` whose ``_build_info.py`` names the commit and no source tree: the developer's
+    editable-install copy (with this checkout's path) must not travel in the archive."""
+
+    def make_release_tree(self, base_dir: str, files: list[str]) -> None:
+        super().make_release_tree(base_dir, files)
+        target = Path(base_dir) / "lmcache_core" / "_build_info.py"
+        if target.exists() or target.is_symlink():
+            target.unlink()  # may be a hard link to the source tree's copy
+        target.write_text(_render(_git_commit() or "", None))
+
+
+setup(cmdclass={"build_py": BuildPyWithCommit, "sdist": SdistWithCommit})
