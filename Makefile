@@ -25,7 +25,8 @@ $(STAMP): $(PYPROJECTS) VERSION
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch is pinned (torch==2.13.0) by lmcache-core; a CPU build is enough for CPU workers.
-	$(BIN)/python -m pip install -q -e '.[test]' $(addprefix -e ,$(PLUGIN_DIRS))
+	# Each plugin with its own test extra where it has one (the s3 plugin's: moto[server]).
+	$(BIN)/python -m pip install -q -e '.[test]' $(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]')
 	touch $@
 
 run: $(STAMP)
