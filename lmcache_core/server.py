@@ -163,7 +163,9 @@ class CacheServer:
         zmq_server, self.zmq = self.zmq, None
         datapath, self.datapath = self.datapath, None
         if zmq_server is not None:
-            zmq_server.stop()
+            zmq_server.stop()  # no new requests; the in-flight ones finish
+        if self.storage is not None:  # write-behind queue to L2, bounded by --shutdown-drain-seconds
+            self.storage.store_controller.flush(getattr(self.options, "shutdown_drain_seconds", 30.0))
         if self.threads is not None:
             self.threads.stop_all()
         if datapath is not None:

@@ -34,8 +34,10 @@ then closes the device. ``evict`` deletes its keys (listeners hear of it). ``dra
 stops writes; reads go on until the keys are deleted (by eviction or ``DELETE``), and
 the device closes itself when its last key goes. A removed device stays in the status
 as a ``removed`` tombstone. ``resize`` grows by remapping in place; a shrink first moves
-the keys above the cut (to free slots below it, then to other devices), or evicts them
-with ``mode: evict`` and ``force``, and never silently drops one. Copies in progress
+the keys above the cut (``migrate``: to free slots below it, then to other devices; 507
+when they do not all fit), or with ``mode: evict`` moves what fits below the cut on the
+same device and evicts the rest, which needs ``force`` (409 otherwise): it never silently
+drops a key. Copies in progress
 keep the mapping they started on alive until they end.
 
 L1 here lives in shared memory, never on a DAX device, so "mapped by L1" cannot occur;
@@ -795,11 +797,11 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
             blocked = self._blocked(device, high, high_slots)
             if blocked and not force:
                 raise ReconfigureError(409, blocked["error"], payload=blocked)
-            if high and mode == "evict" and not force:
+            low_free = sum(1 for s in device.free if s < new_slots) + max(0, new_slots - device.next_slot)
+            if mode == "evict" and len(high) > low_free and not force:
                 raise ReconfigureError(409, f"shrinking {device.path} to {size_bytes} bytes would evict "
-                                            f"{len(high)} keys; use mode migrate, or force")
+                                            f"{len(high) - low_free} keys; use mode migrate, or force")
             if mode == "migrate":
-                low_free = sum(1 for s in device.free if s < new_slots) + max(0, new_slots - device.next_slot)
                 room = low_free + sum(d.free_count() for d in self._devices if d is not device and d.state == "active")
                 needed = len(high) + sum(1 for s in device.inflight if s >= new_slots)
                 if needed > room:
@@ -815,11 +817,16 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
                 device.state = old_state
                 raise
             deleted = []
-            if mode == "evict":
+            if mode == "evict":  # keep what fits below the cut on this device, evict the rest
                 for key in high:
-                    del self._where[key]
-                    self._unindex(device, key)
-                    deleted.append(key)
+                    slot = device.allocate(new_slots)
+                    if slot is None:
+                        del self._where[key]
+                        self._unindex(device, key)
+                        deleted.append(key)
+                    else:
+                        device.inflight[slot] = key
+                        plan.append((key, device, slot))
         moved = sum(1 for key, target, slot in plan if self._move(device, key, target, slot))
         if deleted:
             self._account_deleted(deleted)
