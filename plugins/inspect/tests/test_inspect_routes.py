@@ -246,6 +246,20 @@ def test_status_has_every_field_of_the_seed_example(live: Live) -> None:
     assert "plugin_errors" not in body and "status_errors" not in body
 
 
+def test_status_carries_what_lmcache_056_tools_read(live: Live) -> None:
+    """0.5.6's component maps and the path ``lmcache describe kvcache`` reads the eviction policy from."""
+    sm = live.status()["storage_manager"]
+    assert sm["eviction_controller"] == sm["l1_eviction_controller"]
+    assert sm["eviction_controller"]["eviction_policy"] == "LRU"
+    assert sm["l1_managers"] == {"_default": sm["l1_manager"]}
+    assert sm["l1_eviction_controllers"] == {"_default": sm["l1_eviction_controller"]}
+    assert sm["store_controllers"] == {"_default": sm["store_controller"]}
+    assert sm["l1_usage"] == [sm["l1_manager"]["memory_used_bytes"], sm["l1_manager"]["memory_total_bytes"]]
+    assert sm["l1_capacity_bytes_by_backend"] == {"dram": sm["l1_manager"]["memory_total_bytes"]}
+    [l2] = sm["l2_adapters"]
+    assert l2["type"] == l2["type_name"] == "vault"
+
+
 def test_registered_kv_caches_show_in_cache_context_meta_and_registered_gpu_ids(live: Live) -> None:
     live.worker(IID, SHAPE, 2, MODEL, torch.float16)
     live.worker(MLA_IID, MLA_SHAPE, 3, MLA_MODEL, torch.bfloat16)

@@ -62,10 +62,37 @@ CONFIGS_UNAVAILABLE = {"error": "configs not initialized"}
 JSON = MediaType.JSON
 
 
+def with_056_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the ``storage_manager`` fields LMCache 0.5.6 reports and its tools read, seed fields kept.
+
+    0.5.6 keys its components by L1 name (``l1_managers``, ``store_controllers``,
+    ``l1_eviction_controllers``, one entry ``_default`` here) and adds ``l1_usage``
+    ``[used, total]`` and ``l1_capacity_bytes_by_backend``. Its ``lmcache describe
+    kvcache`` reads the policy at ``storage_manager.eviction_controller.eviction_policy``,
+    a path 0.5.6's own server does not fill (it prints ``null`` there); it is filled here. Each
+    ``l2_adapters`` entry without a ``type`` (what describe titles it by) gets its ``type_name``.
+    """
+    storage = doc.get("storage_manager")
+    l1 = storage.get("l1_manager") if isinstance(storage, dict) else None
+    if not isinstance(l1, dict):  # no storage section, or one that reports its own failure
+        return doc
+    eviction = storage.get("l1_eviction_controller")
+    used, total = l1.get("memory_used_bytes", 0), l1.get("memory_total_bytes", 0)
+    extra = {"eviction_controller": eviction, "l1_eviction_controllers": {"_default": eviction},
+             "store_controllers": {"_default": storage.get("store_controller")}, "l1_managers": {"_default": l1},
+             "l1_usage": [used, total], "l1_capacity_bytes_by_backend": {"dram": total}}
+    for name, value in extra.items():
+        storage.setdefault(name, value)
+    for adapter in storage.get("l2_adapters") or []:  # describe's "L2: <type>" (0.5.6 adapters name their class)
+        if isinstance(adapter, dict):
+            adapter.setdefault("type", adapter.get("type_name"))
+    return doc
+
+
 @get("/status", sync_to_thread=True, summary="Engine snapshot")
 def status(engine: Engine) -> dict[str, Any]:
-    """Every status contribution merged into one document."""
-    return engine.status()
+    """Every status contribution merged into one document (plus 0.5.6's names, :func:`with_056_fields`)."""
+    return with_056_fields(engine.status())
 
 
 def _finite(value: Any) -> Any:
