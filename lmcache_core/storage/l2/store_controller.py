@@ -13,6 +13,12 @@ thread drains the queue:
 Failures are counted per adapter (by the adapter) and here; there is no retry,
 as in LMCache. The queue is bounded: when it is full, the oldest keys are
 dropped (and counted) rather than blocking STORE.
+
+At shutdown, :meth:`StoreController.flush` drains the queue from the caller's
+thread within a deadline (``--shutdown-drain-seconds``), waits for pushes the
+periodic thread has in flight, and logs what, if anything, was not written:
+keys still queued at the deadline, keys whose adapter answered after it, and
+keys an adapter failed to store.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from typing import Any
@@ -61,6 +68,8 @@ class StoreController:
         self.skipped_keys = 0
         self.dropped_keys = 0
         self.in_flight = 0
+        self._idle = threading.Condition()  # notified whenever a push ends (flush waits on it)
+        self._flushing = False  # set by flush(): the periodic drain takes no new batch
         l1.register_listener(_Listener(self))
 
     def enqueue(self, keys: Sequence[ObjectKey]) -> None:
@@ -86,31 +95,78 @@ class StoreController:
         """Push up to ``max_batches`` batches; the periodic thread's body (also callable directly)."""
         pushed = 0
         for _ in range(max_batches):
+            if self._flushing:
+                break  # flush() owns the queue now
             with self._lock:
                 batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
                 metrics.L2_STORE_QUEUE.set(len(self._queue))
             if not batch:
                 break
-            pushed += self._push(batch)
+            pushed += self._push(batch)[0]
         self._wake.clear()
         return {"pushed": pushed, "pending": self.pending()}
 
-    def _push(self, keys: list[ObjectKey]) -> int:
+    def flush(self, timeout_s: float) -> dict[str, Any]:
+        """Shutdown drain: push every queued key within ``timeout_s``; log and return what was not written.
+
+        Runs in the caller's thread; the periodic drain stops taking batches. Returns
+        ``{"queued_at_start", "written", "failed", "not_written", "timed_out", "seconds"}``
+        (``not_written``: keys still queued at the deadline; ``timed_out``: keys whose
+        adapters had not answered by it; ``failed``: keys an adapter refused).
+        """
+        started = time.monotonic()
+        deadline = started + max(0.0, timeout_s)
+        self._flushing = True
+        queued = self.pending() + self.in_flight
+        stored0, failed0 = self.stored_keys, self.failed_keys
+        timed_out = 0
+        while time.monotonic() < deadline:
+            with self._lock:
+                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+                metrics.L2_STORE_QUEUE.set(len(self._queue))
+            if not batch:
+                break
+            timed_out += self._push(batch, deadline)[1]
+        with self._idle:  # pushes the periodic thread started before the flush
+            self._idle.wait_for(lambda: self.in_flight == 0, max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            not_written = len(self._queue)
+            self._queue.clear()
+            metrics.L2_STORE_QUEUE.set(0)
+        report = {"queued_at_start": queued, "written": self.stored_keys - stored0,
+                  "failed": self.failed_keys - failed0, "not_written": not_written + self.in_flight,
+                  "timed_out": timed_out, "seconds": round(time.monotonic() - started, 3)}
+        if report["not_written"] or report["timed_out"] or report["failed"]:
+            logger.warning("shutdown drain: %(written)d of %(queued_at_start)d queued keys written to L2 in "
+                           "%(seconds)ss; NOT written: %(not_written)d still queued or in flight at the deadline, "
+                           "%(timed_out)d unanswered by an adapter, %(failed)d failed", report)
+        else:
+            logger.info("shutdown drain: %(written)d of %(queued_at_start)d queued keys written to L2 in "
+                        "%(seconds)ss; nothing left behind", report)
+        return report
+
+    def _push(self, keys: list[ObjectKey], deadline: float | None = None) -> tuple[int, int]:
+        """Push one batch: (keys pinned, keys whose adapters had not answered by ``deadline``)."""
         results = self.l1.reserve_read(keys, 1)
         pinned = [k for k, r in zip(keys, results) if r == L1Result.SUCCESS]
         self.skipped_keys += len(keys) - len(pinned)
         metrics.L2_STORE_SKIPPED.inc(len(keys) - len(pinned))
         if not pinned:
-            return 0
+            return 0, 0
+        timed_out = 0
         self.in_flight += len(pinned)
         metrics.L2_STORE_SUBMITTED.inc(len(pinned))
         metrics.L2_STORES_IN_FLIGHT.inc(len(pinned))
         try:
             views = self.l1.read(pinned).views
             futures: list[Future[list[bool]]] = [a.store(pinned, views) for a in self.adapters]
-            wait(futures)
+            _, late = wait(futures, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
             everywhere = [True] * len(pinned)
             for fut in futures:
+                if fut in late:  # shutdown deadline: this adapter has not answered
+                    everywhere = [False] * len(pinned)
+                    timed_out = len(pinned)
+                    continue
                 try:
                     ok = fut.result()
                 except Exception:
@@ -121,13 +177,15 @@ class StoreController:
             self.stored_keys += sum(everywhere)
         finally:
             self.l1.finish_read(pinned, 1)
-            self.in_flight -= len(pinned)
+            with self._idle:
+                self.in_flight -= len(pinned)
+                self._idle.notify_all()
             metrics.L2_STORES_IN_FLIGHT.dec(len(pinned))
         if self.policy == "skip_l1":
             done = [k for k, ok in zip(pinned, everywhere) if ok]
             if done:
                 self.l1.delete(done)
-        return len(pinned)
+        return len(pinned), timed_out
 
     def report_status(self) -> dict[str, Any]:
         return {

@@ -318,12 +318,17 @@ def test_delete_422_for_a_body_of_the_wrong_shape(make_live: Any, raw: bytes) ->
     assert live.data_files() == {fs_file_name(k) for k in keys}
 
 
-def test_delete_fields_are_lax_typed_and_optional_fields_default(make_live: Any) -> None:
-    """As FastAPI's lax mode: ``"kv_rank": "16777472"`` is that int; group and salt default to 0 and ""."""
+def test_delete_fields_are_strictly_typed_and_optional_fields_default(make_live: Any) -> None:
+    """The OpenAPI document says integer: ``"kv_rank": "16777472"`` is a 422 that deletes nothing (issue 18;
+    LMCache's FastAPI was lax here). Group and salt default to 0 and "", unknown fields are ignored."""
     live = make_live()
     keys = stored_in_l2(live)
     lax = {"chunk_hash_hex": keys[0].chunk_hash.hex().upper(), "model_name": MODEL, "kv_rank": str(RANK)}
     short = {"chunk_hash_hex": keys[1].chunk_hash.hex(), "model_name": MODEL, "kv_rank": RANK, "extra": [1]}
+    before = live.data_files()
+    assert live.delete({"keys": [lax, short]}).status_code == 422
+    assert live.data_files() == before
+    lax["kv_rank"] = RANK
     assert live.delete({"keys": [lax, short], "unknown": True}).json() == {"requested": 2, "adapter": "fs", "ok": True}
     assert live.data_files() == set()
 

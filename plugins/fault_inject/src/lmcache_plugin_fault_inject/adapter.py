@@ -130,7 +130,11 @@ def _adapter_types() -> Any:
     """Every L2 adapter type the installed plugins register (built once per process)."""
     from lmcache_core.plugins import PluginHost
 
-    return PluginHost().l2_adapter_types()
+    host = PluginHost()
+    registrations = getattr(host, "registrations", None)
+    if registrations is not None:
+        return registrations.l2_adapter_types
+    return host.l2_adapter_types()
 
 
 def parse_inner(inner: Mapping[str, Any]) -> tuple[str, Any]:

@@ -263,8 +263,9 @@ def _json_safe(entry: KeyEntryBody) -> bool:
 
 
 def _decode(raw: bytes, body_type: type[Any]) -> Any:
-    """The body as ``body_type`` (FastAPI-lax types); raises ``msgspec.ValidationError``/``DecodeError``."""
-    return msgspec.json.decode(raw, type=body_type, strict=False)
+    """The body as ``body_type``, strictly typed: ``"3"`` is not an integer (the OpenAPI document says
+    integer, so a string is a 422); raises ``msgspec.ValidationError``/``DecodeError``."""
+    return msgspec.json.decode(raw, type=body_type)
 
 
 def _shape_error(exc: Exception) -> Answer:
