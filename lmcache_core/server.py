@@ -154,7 +154,8 @@ class CacheServer:
                                 level=ThreadLevel.MEDIUM)
         self.zmq = ZmqServer(f"tcp://{mp.host}:{mp.port}", self.datapath.handler_specs(),
                              gpu_workers=mp.max_gpu_workers or mp.max_workers,
-                             cpu_workers=mp.max_cpu_workers or mp.max_workers)
+                             cpu_workers=mp.max_cpu_workers or mp.max_workers,
+                             max_message_bytes=self.datapath.limits.zmq_max_message_bytes)
         self.zmq.start()
         logger.info("ZMQ data path on tcp://%s:%d", mp.host, mp.port)
 

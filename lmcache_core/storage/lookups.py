@@ -79,6 +79,7 @@ class LookupTracker:
             else:
                 self._pending.discard(request_id)
                 self._results[request_id] = hits
+                self._done.notify_all()  # a WAIT for a lookup that ran off the loop thread
         return hits
 
     def complete(self, request_id: str, l1_hits: int, loaded: Sequence[Sequence[ObjectKey]], readers: int) -> int:
@@ -117,6 +118,11 @@ class LookupTracker:
     def pending_count(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def is_pending(self, request_id: str) -> bool:
+        """Whether the request's lookup is still running (L2 load, or hashing off the loop thread)."""
+        with self._lock:
+            return request_id in self._pending
 
     def has_result(self, request_id: str) -> bool:
         with self._lock:

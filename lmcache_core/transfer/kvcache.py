@@ -377,6 +377,8 @@ class RegisteredKVCache:
         plans = self._plans
         if self._closed or not plans:
             raise KVCacheClosedError(f"KV cache of instance {self.instance_id} is unregistered")
+        for mapping in self._mappings:  # a segment the client shrank fails the copy instead of SIGBUS
+            mapping.check()
         return plans
 
     def _object_views(self, plans: list[_GroupPlan], buf: torch.Tensor,

@@ -20,7 +20,20 @@ Safety: a descriptor must never make the server open anything outside
 ``/dev/shm``. Names are one path component (no ``/``, no ``..``, no NUL),
 opened with ``O_NOFOLLOW`` and required to be regular files at least
 ``nbytes`` long (mapping past the end of a shorter file would SIGBUS on the
-first copy).
+first copy). The server is not a confused deputy for other users' files: a
+segment must start with one of the allowed name prefixes (``lmcache_`` by
+default: LMCache names its segments ``/lmcache_kv_<pid>_<n>``) and be owned by
+the server's own uid or by a uid/gid the operator allows
+(``--shm-allowed-uids``/``--shm-allowed-gids``); anything else is refused with
+:class:`ShmPermissionError` and a log line.
+
+A client can still shrink its segment (``ftruncate``) after registering it.
+Every copy first calls :meth:`MappedTensor.check`, which calls ``fstat`` on
+the segment through a descriptor kept open for the mapping's life: a segment
+shorter than what was mapped is a failed request (:class:`ShmTooSmallError`),
+not a SIGBUS. (A truncation racing the copy itself, between that check and
+the memcpy, can still fault; only a process the owner rule already trusts,
+i.e. one that could signal the server anyway, can arrange that.)
 
 :func:`create_shm_tensor` / :class:`SharedSegment` are the client side, for
 tests, the benchmark and our own client: they create, size and unlink segments.
@@ -48,6 +61,7 @@ from lmcache_core.transfer.layout import (
 )
 
 __all__ = [
+    "DEFAULT_NAME_PREFIXES",
     "MappedTensor",
     "SharedSegment",
     "SharedTensor",
@@ -55,6 +69,8 @@ __all__ = [
     "ShmError",
     "ShmMissingError",
     "ShmNameError",
+    "ShmPermissionError",
+    "ShmPolicy",
     "ShmSegmentCache",
     "ShmTooSmallError",
     "create_shm_tensor",
@@ -87,6 +103,39 @@ class ShmTooSmallError(ShmError, ValueError):
 
 class ShmDescriptorError(ShmError, ValueError):
     """The descriptor's fields are malformed (dtype, rank mismatch, negative values, device)."""
+
+
+class ShmPermissionError(ShmError, PermissionError):
+    """The segment's name or owner is not one this server maps (see :class:`ShmPolicy`)."""
+
+
+DEFAULT_NAME_PREFIXES = ("lmcache_",)
+
+
+@dataclass(frozen=True)
+class ShmPolicy:
+    """Which ``/dev/shm`` files the server agrees to map.
+
+    A segment's name (without the leading ``/``) must start with one of
+    ``name_prefixes`` (empty: any name), and its owner must be the server's
+    effective uid, one of ``allowed_uids``, or its group one of ``allowed_gids``.
+    """
+
+    name_prefixes: tuple[str, ...] = DEFAULT_NAME_PREFIXES
+    allowed_uids: frozenset[int] = frozenset()
+    allowed_gids: frozenset[int] = frozenset()
+
+    def check_name(self, shm_name: str) -> None:
+        name = shm_name.removeprefix("/")
+        if self.name_prefixes and not name.startswith(self.name_prefixes):
+            raise ShmPermissionError(f"shared-memory segment {shm_name!r} is not named like a KV segment "
+                                     f"(allowed prefixes: {', '.join(self.name_prefixes)})")
+
+    def check_owner(self, shm_name: str, st: os.stat_result) -> None:
+        if st.st_uid == os.geteuid() or st.st_uid in self.allowed_uids or st.st_gid in self.allowed_gids:
+            return
+        raise ShmPermissionError(f"shared-memory segment {shm_name!r} belongs to uid {st.st_uid} gid {st.st_gid}, "
+                                 f"which this server does not map (see --shm-allowed-uids/--shm-allowed-gids)")
 
 
 def shm_path(shm_name: str) -> str:
@@ -200,18 +249,42 @@ def _validate(nbytes: Any, dtype: Any, shape: Any, stride: Any, storage_offset: 
 
 
 class _Segment:
-    """One mapping of one segment file, shared by every view that names it."""
+    """One mapping of one segment file, shared by every view that names it.
 
-    __slots__ = ("base", "key", "mm", "name", "nbytes", "refs")
+    Keeps its own descriptor of the file (closed when the object goes) so that
+    :meth:`check` can ``fstat`` the very file that is mapped, whatever its name
+    now points at.
+    """
 
-    def __init__(self, key: tuple[int, int, int], name: str, mm: mmap.mmap, nbytes: int) -> None:
+    __slots__ = ("base", "fd", "key", "mm", "name", "nbytes", "refs")
+
+    def __init__(self, key: tuple[int, int, int], name: str, mm: mmap.mmap, nbytes: int, fd: int) -> None:
         self.key = key
         self.name = name
         self.mm: mmap.mmap | None = mm
         self.nbytes = nbytes
+        self.fd = fd
         # The storage behind this tensor (and every view of it) holds a reference to the mmap.
         self.base: torch.Tensor | None = torch.frombuffer(mm, dtype=torch.uint8)
         self.refs = 0
+
+    def check(self) -> None:
+        """Raise :class:`ShmTooSmallError` if the file is now shorter than the mapping."""
+        try:
+            size = os.fstat(self.fd).st_size
+        except OSError as exc:
+            raise ShmMissingError(f"shared-memory segment {self.name!r} cannot be checked: {exc.strerror}") from None
+        if size < self.nbytes:
+            raise ShmTooSmallError(f"shared-memory segment {self.name!r} shrank to {size} bytes "
+                                   f"after it was mapped with {self.nbytes}")
+
+    def __del__(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class MappedTensor:
@@ -222,7 +295,7 @@ class MappedTensor:
     own references to ``tensor`` first so the mapping can close at once.
     """
 
-    __slots__ = ("_cache", "_segment", "shm_name", "tensor")
+    __slots__ = ("_cache", "_segment", "_watch", "shm_name", "tensor")
 
     def __init__(self, tensor: torch.Tensor, shm_name: str, cache: ShmSegmentCache | None,
                  segment: _Segment | None) -> None:
@@ -230,11 +303,18 @@ class MappedTensor:
         self.shm_name = shm_name
         self._cache = cache
         self._segment = segment
+        self._watch = segment  # kept after release: a copy racing release() still checks the file
 
     @property
     def released(self) -> bool:
         """Whether :meth:`release` has run."""
         return self.tensor is None
+
+    def check(self) -> None:
+        """Before a copy: raise :class:`ShmTooSmallError` if the segment shrank since it was mapped
+        (touching the lost pages would kill the server with SIGBUS)."""
+        if self._watch is not None:
+            self._watch.check()
 
     def release(self) -> None:
         """Drop this view's reference; the segment is closed when its last view is released."""
@@ -255,8 +335,9 @@ class ShmSegmentCache:
     reused for a new segment is never confused with the old one.
     """
 
-    def __init__(self) -> None:
-        """An empty cache."""
+    def __init__(self, policy: ShmPolicy | None = None) -> None:
+        """An empty cache mapping what ``policy`` allows (default: ``lmcache_*`` names owned by our uid)."""
+        self.policy = policy or ShmPolicy()
         self._lock = threading.Lock()
         self._segments: dict[tuple[int, int, int], _Segment] = {}
 
@@ -281,6 +362,7 @@ class ShmSegmentCache:
             empty = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype)
             return MappedTensor(empty, shm_name, None, None)
         path = shm_path(shm_name)
+        self.policy.check_name(shm_name)
         segment = self._acquire(path, shm_name, nbytes)
         try:
             assert segment.base is not None
@@ -327,6 +409,11 @@ class ShmSegmentCache:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ShmMissingError(f"shared-memory segment {shm_name!r} is not a regular file")
+            try:
+                self.policy.check_owner(shm_name, st)
+            except ShmPermissionError as exc:
+                log.warning("refused to map: %s", exc)
+                raise
             if st.st_size < nbytes:
                 raise ShmTooSmallError(f"shared-memory segment {shm_name!r} has {st.st_size} bytes, "
                                        f"descriptor says {nbytes}")
@@ -335,13 +422,15 @@ class ShmSegmentCache:
                 segment = self._segments.get(key)
                 if segment is None:
                     mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-                    segment = _Segment(key, shm_name, mm, nbytes)
+                    segment = _Segment(key, shm_name, mm, nbytes, fd)
+                    fd = -1  # the segment owns it now
                     self._segments[key] = segment
                     log.debug("mapped shared-memory segment %s (%d bytes)", shm_name, nbytes)
                 segment.refs += 1
                 return segment
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def _unref(self, segment: _Segment) -> None:
         with self._lock:

@@ -17,7 +17,8 @@ import logging
 import pickle
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,8 +34,10 @@ from lmcache_core.transfer.tensor_pickle import UnsafePickleError, dumps_tensors
 from lmcache_core.transfer.shm import ShmSegmentCache
 from lmcache_core.transport import messages as m
 from lmcache_core.transport import metrics as dp_metrics
+from lmcache_core.transport.limits import SECTION as LIMITS_SECTION
+from lmcache_core.transport.limits import SecurityConfig
 from lmcache_core.transport.wire import Op
-from lmcache_core.transport.zmq_server import Dispatch, HandlerSpec
+from lmcache_core.transport.zmq_server import Dispatch, HandlerSpec, safe_text
 
 if TYPE_CHECKING:
     from lmcache_core.server import CacheServer
@@ -55,6 +58,7 @@ class _Worker:
     registered_at: float
     last_seen: float
     pinged: bool = False
+    signature: Any = None  # what the registration named: a different one replaces this worker
 
 
 @dataclass
@@ -67,6 +71,7 @@ class _EngineDrivenWorker:
     dtype: torch.dtype
     last_seen: float
     pinged: bool = False
+    signature: Any = None
 
     @property
     def object_nbytes(self) -> int:
@@ -86,6 +91,7 @@ class _Connection:
     last_seen: float
     instances: set[int]
     pinged: bool = False
+    lookups: dict[str, None] = field(default_factory=dict)  # request ids looked up, results maybe unqueried
 
 
 @dataclass
@@ -108,7 +114,12 @@ class DataPath:
         if self.metrics:
             dp_metrics.bind_datapath(self)
         self.lookups = LookupTracker(self.l1)
-        self.segments = ShmSegmentCache()
+        limits = server.configs.get(LIMITS_SECTION)
+        self.limits: SecurityConfig = limits if isinstance(limits, SecurityConfig) else SecurityConfig()
+        self.segments = ShmSegmentCache(self.limits.shm_policy())
+        self.clear_allowed = self.limits.clear_allowed(getattr(server.configs.get("http"), "http_admin_token", None))
+        # Lookups of more than limits.large_lookup_tokens tokens hash here, off the ZMQ loop thread.
+        self._lookup_pool = ThreadPoolExecutor(1, thread_name_prefix="lmcache-large-lookup")
         self._clock = clock
         self._lock = threading.Lock()
         self._workers: dict[int, _Worker] = {}
@@ -150,12 +161,12 @@ class DataPath:
             Op.RETRIEVE: HandlerSpec(self.op_retrieve, a, FAILED_TRANSFER),
             # LOOKUP and its follow-ups run inline: on L1 they are tens of microseconds of
             # work, less than a hand-off to a pool and back costs (LOOKUP p50 is the target).
-            Op.LOOKUP: HandlerSpec(self.op_lookup, s, None),
+            Op.LOOKUP: HandlerSpec(self.op_lookup_bounded, s, None),
             Op.QUERY_PREFETCH_STATUS: HandlerSpec(self.op_query_prefetch_status, s, 0),
             Op.WAIT_PREFETCH_STATUS: HandlerSpec(self.op_wait_prefetch_status, n, 0),
             Op.FREE_LOOKUP_LOCKS: HandlerSpec(self.op_free_lookup_locks, s, None),
             Op.END_SESSION: HandlerSpec(self.op_end_session, n, None),
-            Op.CLEAR: HandlerSpec(self.op_clear, n, None),
+            Op.CLEAR: HandlerSpec(self.op_clear, n),
             Op.REPORT_BLOCK_ALLOCATION: HandlerSpec(lambda args, ident: None, n, None),
             # engine-driven (pickle) transfers: the worker gathers and scatters itself
             Op.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT: HandlerSpec(self.op_register_engine_driven, s),
@@ -181,11 +192,15 @@ class DataPath:
 
     def op_register_kv_cache(self, args: m.RegisterKVCacheArgs, identity: bytes) -> None:
         self._heard(identity, args.instance_id)
+        signature = (args.model_name, args.world_size, [w.descriptor for w in args.kv_cache], args.layout_hints,
+                     args.engine_group_infos)
         with self._lock:
             known = self._workers.get(args.instance_id)
-            if known is not None:  # idempotent: a re-registration refreshes liveness
+            if known is not None and known.signature == signature:  # idempotent: refreshes liveness
                 known.last_seen = self._clock()
                 return None
+        if known is not None:  # a restarted worker reusing its id: never keep the dead one's mapping
+            self.drop_worker(args.instance_id, reason="re-registered with different descriptors")
         validate_model_name(args.model_name)
         if args.world_size < 1:
             raise RequestRejected(f"world_size must be >= 1, got {args.world_size}")
@@ -202,11 +217,11 @@ class DataPath:
             if args.instance_id in self._workers:  # lost a race with itself: keep the first
                 kv.close()
                 return None
-            self._workers[args.instance_id] = _Worker(kv, now, now)
+            self._workers[args.instance_id] = _Worker(kv, now, now, signature=signature)
             key = (args.model_name, args.world_size)
             self._layouts[key] = self._layouts.get(key, 0) + 1
         logger.info("registered KV cache of instance %s (%s, world size %d, %d layers on %s)",
-                    args.instance_id, args.model_name, args.world_size, len(descriptors), kv.device)
+                    args.instance_id, safe_text(args.model_name), args.world_size, len(descriptors), kv.device)
         return None
 
     def _register_cpu_shm(self, args: m.RegisterKVCacheArgs, descriptors: list[Any]) -> RegisteredKVCache:
@@ -276,6 +291,10 @@ class DataPath:
         return True
 
     def op_clear(self, args: m.ClearArgs, identity: bytes) -> None:
+        """CLEAR, unless the server refuses it on the data path (``security.data_path_clear``): then the
+        error reply, so the client knows nothing was cleared (there is no in-band failure value)."""
+        if not self.clear_allowed:
+            raise RequestRejected("CLEAR is disabled on the data path (use the admin-guarded POST /clear-cache)")
         self.l1.clear(force=bool(args.force))
         return None
 
@@ -290,7 +309,17 @@ class DataPath:
             raise RequestRejected(f"end {key.end} is not a multiple of the chunk size {c}")
         return key.start // c, key.end // c
 
+    def _check_request_size(self, key: m.IPCCacheServerKey) -> None:
+        """The request id and token list are within ``limits`` (else :class:`RequestRejected`)."""
+        limits = self.limits
+        if len(key.request_id) > limits.max_request_id_length:
+            raise RequestRejected(f"request id of {len(key.request_id)} characters "
+                                  f"(at most {limits.max_request_id_length})")
+        if len(key.token_ids) > limits.max_lookup_tokens:
+            raise RequestRejected(f"{len(key.token_ids)} tokens (at most {limits.max_lookup_tokens})")
+
     def _hashes(self, key: m.IPCCacheServerKey, start: int, end: int) -> list[bytes]:
+        self._check_request_size(key)
         validate_model_name(key.model_name)
         validate_cache_salt(key.cache_salt)
         session = self.sessions.get_or_create(key.request_id)
@@ -399,9 +428,11 @@ class DataPath:
         self._heard(identity, p.instance_id)
         with self._lock:
             known = self._engine_driven.get(p.instance_id)
-            if known is not None:
+            if known is not None and known.signature == p:
                 known.last_seen = self._clock()
                 return m.RegisterEngineDrivenContextResponse(shm_name="", pool_size=0)
+        if known is not None:  # a restarted worker reusing its id with another model or shape
+            self.drop_worker(p.instance_id, reason="re-registered with different parameters")
         validate_model_name(p.model_name)
         if p.world_size < 1 or p.num_layers < 1 or p.hidden_dim_size < 1:
             raise RequestRejected("world_size, num_layers and hidden_dim_size must be positive")
@@ -411,7 +442,7 @@ class DataPath:
         with self._lock:
             if p.instance_id not in self._engine_driven:
                 self._engine_driven[p.instance_id] = _EngineDrivenWorker(p.model_name, p.world_size, shape, dtype,
-                                                                         now, False)
+                                                                         now, False, signature=p)
                 key = (p.model_name, p.world_size)
                 self._layouts[key] = self._layouts.get(key, 0) + 1
         # An empty shm_name selects the pickle transport on the client.
@@ -431,8 +462,8 @@ class DataPath:
         if worker is None or key.worker_id is None:
             return False
         try:
-            self._chunk_range(key, aligned_end=True)
-            tensors = loads_tensors(args.data)
+            first, end = self._chunk_range(key, aligned_end=True)
+            tensors = loads_tensors(args.data, max_bytes=(end - first) * worker.object_nbytes)
             keys = self._object_keys(key)
         except (RequestRejected, InvalidKeyError, UnsafePickleError, pickle.UnpicklingError, ValueError,
                 EOFError) as exc:
@@ -483,6 +514,51 @@ class DataPath:
         return m.PrepareRetrieveResponse(success=True, data=dumps_tensors(tensors), context={})
 
     # -- lookup -------------------------------------------------------------------------
+
+    def op_lookup_bounded(self, args: m.KeyTpArgs, identity: bytes) -> None:
+        """LOOKUP with the data path's limits: an oversize request id or token list, or a connection
+        with ``max_pending_lookups_per_connection`` results still unqueried, is refused without keeping
+        anything (its QUERY answers 0); a long token list is hashed off the loop thread (QUERY answers
+        None, "still loading", until it is done)."""
+        key = args.key
+        try:
+            self._check_request_size(key)
+            self._note_lookup(identity, key.request_id)
+        except RequestRejected as exc:
+            logger.debug("lookup refused: %s", exc)
+            if self.metrics:
+                dp_metrics.record_early_exit("rejected")
+            return None
+        if len(key.token_ids) <= self.limits.large_lookup_tokens:
+            return self.op_lookup(args, identity)
+        self.lookups.lookup(key.request_id, [], 1, owner=identity, pending=True)
+        self._lookup_pool.submit(self._offloaded_lookup, args, identity)
+        return None
+
+    def _offloaded_lookup(self, args: m.KeyTpArgs, identity: bytes) -> None:
+        try:
+            self.op_lookup(args, identity)
+        except Exception:
+            logger.exception("large lookup failed")
+            self.lookups.lookup(args.key.request_id, [], 1, owner=identity)  # 0 hits, never stuck pending
+
+    def _note_lookup(self, identity: bytes, request_id: str) -> None:
+        """Count a lookup against its connection's cap of unqueried results."""
+        cap = self.limits.max_pending_lookups_per_connection
+        with self._lock:
+            conn = self._connections.get(identity)
+            if conn is None:
+                conn = self._connections[identity] = _Connection(self._clock(), set())
+            pending = conn.lookups
+            if request_id in pending or len(pending) < cap:
+                pending[request_id] = None
+                return
+        live = {rid: None for rid in list(pending) if self.lookups.has_result(rid) or self.lookups.is_pending(rid)}
+        with self._lock:
+            conn.lookups = live
+            if len(live) >= cap:
+                raise RequestRejected(f"connection has {len(live)} lookup results nobody queried (at most {cap})")
+            live[request_id] = None
 
     def op_lookup(self, args: m.KeyTpArgs, identity: bytes) -> None:
         key = args.key
@@ -638,4 +714,5 @@ class DataPath:
             ids = [*self._workers, *self._engine_driven]
         for iid in ids:
             self.drop_worker(iid, reason="server stopping")
+        self._lookup_pool.shutdown(wait=True, cancel_futures=True)
         self.segments.close()
