@@ -145,8 +145,9 @@ def metrics(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
-def metric_sum(parsed: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
-    return sum(v for lab, v in parsed.get(name, []) if all(lab.get(k) == val for k, val in labels.items()))
+def metric_sum(parsed: dict[str, list[tuple[dict[str, str], float]]], metric: str, **labels: str) -> float:
+    """The samples of ``metric`` whose labels include ``labels``, summed."""
+    return sum(v for lab, v in parsed.get(metric, []) if all(lab.get(k) == val for k, val in labels.items()))
 
 
 def expected_numbers(url: str) -> dict[str, float]:

@@ -77,6 +77,13 @@ def test_snapshot_equals_status_and_metrics(lmcache_server_factory: Any, lmcache
         assert row["used_bytes"] == server.storage.quotas.usage_by_salt()["tenant-a"] > 0
         assert {"cache_salt": "_default", "limit_bytes": None} .items() <= next(
             r for r in data["quotas"] if r["cache_salt"] == "_default").items()
+        # the gauges the plugin exports for Grafana read the same sources
+        m = metrics(url)
+        assert metric_sum(m, "lmcache_mp_registered_workers", kind="lmcache_driven") == 1
+        assert metric_sum(m, "lmcache_mp_active_sessions") == data["workers"]["active_sessions"]
+        assert metric_sum(m, "lmcache_mp_quota_limit_bytes", cache_salt="tenant-a") == 1 << 20
+        assert metric_sum(m, "lmcache_mp_quota_usage_bytes", cache_salt="tenant-a") == row["used_bytes"]
+        assert metric_sum(m, "lmcache_mp_periodic_thread_active", name="l1-eviction-controller") == 1
         names = {t["name"] for t in data["threads"]}
         assert "l1-eviction-controller" in names and all(t["running"] for t in data["threads"])
         assert "dashboard" in data["plugins"]["loaded"] and data["plugins"]["failed"] == []

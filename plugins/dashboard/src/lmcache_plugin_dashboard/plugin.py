@@ -40,7 +40,7 @@ from lmcache_core import hookimpl
 from lmcache_core.http import openapi
 from lmcache_core.http.deps import Engine, Server, unavailable_body
 from lmcache_core.server import CacheServer
-from lmcache_plugin_dashboard import fleet, snapshot
+from lmcache_plugin_dashboard import exporter, fleet, snapshot
 from lmcache_plugin_dashboard.latency import LookupTimer
 
 CONFIG_NAME = "dashboard"
@@ -121,13 +121,16 @@ def lmcache_startup(server: CacheServer) -> None:
         server.register_config(CONFIG_NAME, config)
     state = _NodeState(config)
     obs = server.configs.get("observability")
-    if server.zmq is not None and not getattr(obs, "disable_metrics", False):
-        state.timer.install(server.zmq)
+    if not getattr(obs, "disable_metrics", False):
+        if server.zmq is not None:
+            state.timer.install(server.zmq)
+        exporter.bind(server)
     _STATES[server] = state
 
 
 @hookimpl
 def lmcache_shutdown(server: CacheServer) -> None:
+    exporter.unbind(server)
     state = _STATES.pop(server, None)
     if state is not None:
         state.timer.uninstall()

@@ -216,7 +216,7 @@ def _l2_section(storage: Any) -> L2Section:
                      store_dropped_objects_total=total(l2_metrics.L2_STORE_DROPPED))
 
 
-def _quota_rows(storage: Any) -> list[QuotaRow]:
+def quota_rows(storage: Any) -> list[QuotaRow]:
     limits = storage.quotas.list_quotas()
     usage = storage.quotas.usage_by_salt()
     salts = sorted(set(limits) | set(usage), key=lambda s: (s not in limits, -usage.get(s, 0), s))
@@ -224,7 +224,7 @@ def _quota_rows(storage: Any) -> list[QuotaRow]:
             for salt in salts[:MAX_QUOTA_ROWS]]
 
 
-def _thread_rows(threads: Any) -> list[ThreadRow]:
+def thread_rows(threads: Any) -> list[ThreadRow]:
     if threads is None:
         return []
     rows = []
@@ -259,6 +259,15 @@ def _error_rows() -> list[ErrorRow]:
     return rows
 
 
+def workers_section(datapath: Any, sessions: Any) -> WorkersSection:
+    """Registered workers and connections (the data path's ``/status`` section) and the session count."""
+    dp = datapath.report_status()
+    return WorkersSection(registered=len(dp.get("registered_gpu_ids", ())),
+                          engine_driven=len(dp.get("registered_non_cuda_instance_ids", ())),
+                          connections=int(dp.get("connections", 0)), active_sessions=sessions.count(),
+                          active_prefetch_jobs=int(dp.get("active_prefetch_jobs", 0)))
+
+
 def node_name(server: CacheServer) -> str:
     """How this node names itself: ``--instance-id`` or, without one, its HTTP address."""
     mp = server.mp_config
@@ -274,7 +283,6 @@ def build(server: CacheServer, *, started: float, latency: tuple[float | None, f
         raise RuntimeError("engine not initialized")
     l1 = storage.l1
     used, capacity = l1.get_memory_usage()
-    dp = datapath.report_status()
     eviction_thread = server.threads.get("l1-eviction-controller") if server.threads is not None else None
     l2 = _l2_section(storage)
     host = server.plugin_host
@@ -303,13 +311,9 @@ def build(server: CacheServer, *, started: float, latency: tuple[float | None, f
             retrieve_bytes_total=total(dp_metrics.RETRIEVE_BYTES),
             retrieve_chunks_total=total(dp_metrics.RETRIEVE_CHUNKS),
             requests_total=by_label(ZMQ_REQUESTS, "op")),
-        workers=WorkersSection(
-            registered=len(dp.get("registered_gpu_ids", ())),
-            engine_driven=len(dp.get("registered_non_cuda_instance_ids", ())),
-            connections=int(dp.get("connections", 0)), active_sessions=sessions.count(),
-            active_prefetch_jobs=int(dp.get("active_prefetch_jobs", 0))),
-        quotas=_quota_rows(storage),
-        threads=_thread_rows(server.threads),
+        workers=workers_section(datapath, sessions),
+        quotas=quota_rows(storage),
+        threads=thread_rows(server.threads),
         errors=_error_rows(),
         peers=list(peers),
     )
