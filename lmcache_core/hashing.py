@@ -212,6 +212,30 @@ def _chunk_index(name: str, value: object) -> int:
     return value
 
 
+def chunk_span(start: int, end: int, chunk_size: int, num_tokens: int | None = None) -> tuple[int, int]:
+    """The chunks ``[first, stop)`` that the token range ``[start, end)`` names.
+
+    This is the LMCache client's rule, used for every token range the server turns
+    into chunks (LOOKUP, FREE_LOOKUP_LOCKS, STORE, RETRIEVE, engine-driven
+    transfers): the chunk holding ``start`` is included (round down), the chunk
+    holding an unaligned ``end`` is not (round down too), as LMCache's
+    ``free_lookup_locks`` contract and its ``compute_chunk_hashes`` (complete chunks
+    only) say. ``end`` is first clamped to ``num_tokens`` when given. An empty or
+    inverted range gives ``(first, first)``.
+
+    vLLM's prefix cache is 16-token granular: with 272 tokens already computed its
+    scheduler frees ``[0, 272)`` (chunk 0 only) and then retrieves ``[256, 512)``
+    with ``skip_first_n_tokens=16``: chunk 1 must still be locked.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if num_tokens is not None and end > num_tokens:
+        end = num_tokens
+    first = max(start, 0) // chunk_size
+    stop = max(end, 0) // chunk_size
+    return first, max(first, stop)
+
+
 class TokenHasher:
     """Chunk hashes of token sequences, identical to LMCache 0.5.6 for ``algorithm="blake3"``.
 

@@ -166,3 +166,97 @@ def test_cuda_descriptors_are_refused_clearly_without_cuda(served):
     with pytest.raises(wire.ErrorReply, match="RequestRejected"):
         client.register_kv_cache(6, mixed, MODEL, 1, {"kv_layout": "NHD"})
     assert client.noop() == "OK"
+
+
+# -- token ranges → chunks: the client's rounding rule (issue: vLLM prefix-cache overlap) ----------------
+
+def lock_counts(server):
+    status = server.status()
+    return status["storage_manager"]["l1_manager"]["read_locked_count"], status["lookup_locked_objects"]
+
+
+def test_prefix_cache_overlap_unaligned_free_end_keeps_the_chunk_the_retrieve_needs(served):
+    # vLLM already holds 272 tokens (17 blocks of 16): its scheduler frees [0, 272), which must free
+    # chunk 0 only, then the worker retrieves [256, 512) skipping the 16 tokens it already has.
+    server, client, kv = served
+    register(client, kv)
+    fill(kv, 3)
+    tokens = list(range(512))
+    assert client.store(make_key(tokens, "w", model_name=MODEL, worker_id=0), IID, blocks(0, 2)) == (b"", True)
+    client.end_session("w")
+    stored = chunk_bytes(kv, 0, 2)
+    for layer in kv.layers:
+        layer[:, 32:64].zero_()
+    assert client.lookup(make_key(tokens, "r", model_name=MODEL)) == 2
+    client.free_lookup_locks(make_key(tokens, "r", model_name=MODEL, start=0, end=272))
+    assert lock_counts(server)[1] == 1  # chunk 1 is still locked for the retrieve
+    key = make_key(tokens, "r", model_name=MODEL, worker_id=0, start=256, end=512)
+    assert client.retrieve(key, IID, [list(range(48, 64))], skip_first_n_tokens=16) == (b"", True)
+    for before, layer in zip(stored, kv.layers):
+        assert torch.equal(layer[:, 49:64], before[:, 17:32])  # chunk 1 past the skipped first block
+        assert not layer[:, 48].any()  # the skipped block is left alone
+    client.end_session("r")
+    assert lock_counts(server) == (0, 0)
+
+
+@pytest.mark.parametrize(("start", "end", "left_locked"), [
+    (0, 256, 1), (0, 255, 2), (0, 257, 1), (0, 511, 1), (0, 512, 0), (16, 512, 0), (256, 300, 2), (300, 256, 2),
+])
+def test_free_lookup_locks_frees_the_start_chunk_and_never_the_unaligned_end_chunk(served, start, end, left_locked):
+    server, client, kv = served
+    register(client, kv)
+    tokens = list(range(512))
+    client.store(make_key(tokens, "w", model_name=MODEL, worker_id=0), IID, blocks(0, 2))
+    client.end_session("w")
+    assert client.lookup(make_key(tokens, "r", model_name=MODEL)) == 2
+    client.free_lookup_locks(make_key(tokens, "r", model_name=MODEL, start=start, end=end))
+    assert lock_counts(server)[1] == left_locked
+    client.end_session("r")
+    assert lock_counts(server) == (0, 0)
+
+
+def test_store_with_an_unaligned_end_stores_the_complete_chunks_only(served):
+    _, client, kv = served
+    register(client, kv)
+    tokens = list(range(600))  # two complete chunks and 88 tokens of a third
+    assert client.store(make_key(tokens, "w", model_name=MODEL, worker_id=0), IID, blocks(0, 3)) == (b"", True)
+    client.end_session("w")
+    assert client.lookup(make_key(tokens, "r", model_name=MODEL)) == 2
+    client.end_session("r")
+    # an unaligned start is not a range the client sends: refused in-band
+    assert client.store(make_key(tokens, "x", model_name=MODEL, worker_id=0, start=16), IID, blocks(0, 2)) == \
+        (b"", False)
+
+
+@pytest.mark.parametrize("use_mla", [True, False])
+def test_engine_driven_round_trip_with_the_client_object_shapes(served, use_mla):
+    # The 0.5.6 client ships MLA chunks as [L, T, H] and the others as [2, L, T, H].
+    from lmcache_core.transfer.tensor_pickle import dumps_tensors, loads_tensors
+    from lmcache_core.transport import messages as m
+
+    server, client, _ = served
+    layers, hidden, iid = 4, 32, 99
+    payload = m.RegisterEngineDrivenContextPayload(iid, MODEL, 1, BLOCK, layers, hidden, "float16", use_mla, CHUNK)
+    client.call(Op.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT, payload)
+    shape = (layers, CHUNK, hidden) if use_mla else (2, layers, CHUNK, hidden)
+    g = torch.Generator().manual_seed(11)
+    chunks = [torch.randn(shape, generator=g).to(torch.float16) for _ in range(2)]
+    tokens = list(range(512))
+    readers = 3 if use_mla else 1  # MLA: every TP rank reads the one stored copy
+    assert client.call(Op.COMMIT_STORE, make_key(tokens, "s", model_name=MODEL, worker_id=0), iid,
+                       dumps_tensors(chunks)) is True
+    client.end_session("s")
+    assert server.status()["non_cuda_context_meta"][str(iid)]["use_mla"] is use_mla
+    assert client.lookup(make_key(tokens, "r", model_name=MODEL, num_kv_readers=readers)) == 2
+    for _ in range(readers):
+        reply = client.call(Op.PREPARE_RETRIEVE, make_key(tokens, "r", model_name=MODEL, worker_id=0,
+                                                           num_kv_readers=readers), iid)
+        assert reply.success is True
+        got = loads_tensors(reply.data)
+        assert [tuple(t.shape) for t in got] == [shape, shape]
+        assert all(torch.equal(a, b) for a, b in zip(got, chunks))
+    client.end_session("r")
+    assert lock_counts(server) == (0, 0)
+    wrong = [torch.zeros((1, *shape) if use_mla else shape[1:], dtype=torch.float16)]
+    assert client.call(Op.COMMIT_STORE, make_key(tokens[:256], "x", model_name="other", worker_id=0), iid,
+                       dumps_tensors(wrong)) is False

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lmcache_core.hashing import chunk_span
 from lmcache_core.keys import InvalidKeyError, ObjectKey, kv_rank_for_worker, kv_ranks_for_world, validate_cache_salt
 from lmcache_core.keys import validate_model_name
 from lmcache_core.storage.l1 import L1Result
@@ -300,14 +301,14 @@ class DataPath:
 
     # -- keys ---------------------------------------------------------------------------
 
-    def _chunk_range(self, key: m.IPCCacheServerKey, *, aligned_end: bool) -> tuple[int, int]:
+    def _chunk_range(self, key: m.IPCCacheServerKey) -> tuple[int, int]:
+        """A transfer's chunks ``[first, stop)`` by :func:`chunk_span`: ``start`` must be chunk-aligned
+        (LMCache asserts it), an unaligned ``end`` drops its partial chunk (complete chunks only)."""
         c = self.chunk_size
-        if key.start < 0 or key.start % c or key.end < key.start or key.end > len(key.token_ids):
-            raise RequestRejected(f"token range [{key.start}, {key.end}) is not chunk-aligned within "
-                                  f"{len(key.token_ids)} tokens")
-        if aligned_end and key.end % c:
-            raise RequestRejected(f"end {key.end} is not a multiple of the chunk size {c}")
-        return key.start // c, key.end // c
+        if key.start < 0 or key.start % c or key.end < key.start:
+            raise RequestRejected(f"token range [{key.start}, {key.end}) does not start on a chunk boundary "
+                                  f"(chunk size {c})")
+        return chunk_span(key.start, key.end, c, len(key.token_ids))
 
     def _check_request_size(self, key: m.IPCCacheServerKey) -> None:
         """The request id and token list are within ``limits`` (else :class:`RequestRejected`)."""
@@ -345,19 +346,20 @@ class DataPath:
         if worker is None or key.worker_id is None:
             return None
         try:
-            first, end = self._chunk_range(key, aligned_end=True)
-            worker.kv.validate_block_ids(args.block_ids, end - first)
-            keys = self._object_keys(key)
+            first, stop = self._chunk_range(key)
+            worker.kv.validate_block_ids(args.block_ids, stop - first)
+            keys = self._object_keys(key, first, stop)
         except (RequestRejected, InvalidKeyError, TransferError, ValueError) as exc:
             logger.debug("%s rejected: %s", op, exc)
             return None
         return worker.kv, keys
 
-    def _object_keys(self, key: m.IPCCacheServerKey) -> list[ObjectKey]:
-        """One object key per chunk of ``[start, end)`` at the sending worker's rank."""
+    def _object_keys(self, key: m.IPCCacheServerKey, first: int, stop: int) -> list[ObjectKey]:
+        """One object key per chunk ``first..stop-1`` at the sending worker's rank."""
         rank = kv_rank_for_worker(key.world_size, key.worker_id)
+        c = self.chunk_size
         return [ObjectKey(h, key.model_name, rank, 0, key.cache_salt)
-                for h in self._hashes(key, key.start, key.end)]
+                for h in self._hashes(key, first * c, stop * c)]
 
     def op_store(self, args: m.StoreArgs, identity: bytes) -> tuple[bytes, bool]:
         target = self._transfer_target(args, identity, "store")
@@ -437,7 +439,10 @@ class DataPath:
         if p.world_size < 1 or p.num_layers < 1 or p.hidden_dim_size < 1:
             raise RequestRejected("world_size, num_layers and hidden_dim_size must be positive")
         dtype = parse_dtype(p.dtype_str.removeprefix("torch."))
-        shape = ((1,) if p.use_mla else (2,)) + (p.num_layers, self.chunk_size, p.hidden_dim_size)
+        # The client ships MLA (single-plane) chunks as [L, T, H] and the others as [2, L, T, H]
+        # (EngineDrivenTransferContext.register); T is one chunk of tokens.
+        shape = ((p.num_layers, self.chunk_size, p.hidden_dim_size) if p.use_mla
+                 else (2, p.num_layers, self.chunk_size, p.hidden_dim_size))
         now = self._clock()
         with self._lock:
             if p.instance_id not in self._engine_driven:
@@ -462,9 +467,9 @@ class DataPath:
         if worker is None or key.worker_id is None:
             return False
         try:
-            first, end = self._chunk_range(key, aligned_end=True)
-            tensors = loads_tensors(args.data, max_bytes=(end - first) * worker.object_nbytes)
-            keys = self._object_keys(key)
+            first, stop = self._chunk_range(key)
+            tensors = loads_tensors(args.data, max_bytes=(stop - first) * worker.object_nbytes)
+            keys = self._object_keys(key, first, stop)
         except (RequestRejected, InvalidKeyError, UnsafePickleError, pickle.UnpicklingError, ValueError,
                 EOFError) as exc:
             logger.debug("commit_store rejected: %s", exc)
@@ -497,8 +502,7 @@ class DataPath:
         if worker is None or key.worker_id is None:
             return miss
         try:
-            self._chunk_range(key, aligned_end=True)
-            keys = self._object_keys(key)
+            keys = self._object_keys(key, *self._chunk_range(key))
         except (RequestRejected, InvalidKeyError, ValueError) as exc:
             logger.debug("prepare_retrieve rejected: %s", exc)
             return miss
@@ -569,7 +573,7 @@ class DataPath:
                 raise RequestRejected(f"num_kv_readers must be >= 1, got {key.num_kv_readers}")
             with self._lock:
                 registered = (key.model_name, key.world_size) in self._layouts
-            end = min(key.end, len(key.token_ids)) // self.chunk_size * self.chunk_size
+            end = chunk_span(0, key.end, self.chunk_size, len(key.token_ids))[1] * self.chunk_size
             if registered and end > 0:
                 hashes = self._hashes(key, 0, end)
                 ranks = kv_ranks_for_world(key.world_size)
@@ -628,8 +632,7 @@ class DataPath:
 
     def op_free_lookup_locks(self, args: m.KeyTpArgs, identity: bytes) -> None:
         key = args.key
-        c = self.chunk_size
-        self.lookups.release_chunks(key.request_id, max(key.start, 0) // c, -(-key.end // c))
+        self.lookups.release_chunks(key.request_id, *chunk_span(key.start, key.end, self.chunk_size))
         return None
 
     def op_end_session(self, args: m.RequestIdArgs, identity: bytes) -> None:
@@ -693,7 +696,7 @@ class DataPath:
             # our block is the chunk (the worker ships whole chunks), and we add the object's shape.
             "non_cuda_context_meta": {
                 str(iid): {"model_name": w.model_name, "world_size": w.world_size, "block_size": self.chunk_size,
-                           "use_mla": w.object_shape[0] == 1, "dtype": str(w.dtype).removeprefix("torch."),
+                           "use_mla": len(w.object_shape) == 3, "dtype": str(w.dtype).removeprefix("torch."),
                            "object_shape": list(w.object_shape), "object_nbytes": w.object_nbytes}
                 for iid, w in sorted(engine_driven.items())
             },
