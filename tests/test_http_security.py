@@ -29,6 +29,11 @@ GUARDED = {
     ("POST", "/l2/prefetch"): ("/l2/prefetch", {"model_name": "m", "tokens": [1, 2, 3]}),
     ("POST", "/reconfigure/{backend}/{operation}"): ("/reconfigure/dax/resize", {"size": "1GiB"}),
     ("POST", "/reconfigure/{backend}/status"): ("/reconfigure/dax/status", {}),
+    ("POST", "/cache/clear"): ("/cache/clear", None),
+    ("DELETE", "/cache/objects"): ("/cache/objects", {"keys": [], "tier": "l1"}),
+    ("POST", "/cache/prefetches"): ("/cache/prefetches", {"model_name": "m", "world_size": 1, "token_ids": []}),
+    ("POST", "/reconfigure/{backend}/l2/{operation}"): ("/reconfigure/dax/l2/resize", {"size": "1GiB"}),
+    ("POST", "/reconfigure/{backend}/l2/status"): ("/reconfigure/dax/l2/status", {}),
     ("GET", "/threads"): ("/threads", None),
     ("GET", "/env"): ("/env", None),
     ("POST", "/run_script"): ("/run_script", None),
@@ -46,11 +51,15 @@ OPEN = {
     ("GET", "/l2/adapters"), ("GET", "/l2/keys"), ("GET", "/l2/prefetch/{request_id}"),
     ("GET", "/reconfigure/backends"), ("GET", "/reconfigure/{backend}/status"),
     ("GET", "/loglevel"), ("GET", "/periodic-threads-health"),
+    ("GET", "/config"), ("GET", "/config/adapters"), ("GET", "/cache/objects"),
+    ("GET", "/cache/prefetches/{request_id}"), ("GET", "/reconfigure/{backend}/l2/status"),
 }
 OPEN_REQUESTS = {
     ("GET", "/quota/{cache_salt}"): "/quota/alice",
     ("GET", "/l2/prefetch/{request_id}"): "/l2/prefetch/nope",
     ("GET", "/reconfigure/{backend}/status"): "/reconfigure/dax/status",
+    ("GET", "/cache/prefetches/{request_id}"): "/cache/prefetches/nope",
+    ("GET", "/reconfigure/{backend}/l2/status"): "/reconfigure/dax/l2/status",
     ("GET", "/kvcache/check"): "/kvcache/check?instance_id=1&block_ids=0",
 }
 

@@ -55,13 +55,13 @@ def test_each_guarded_route_is_refused_without_the_token_and_served_with_it(diag
         assert resp.text == "ran" and marker.exists()
 
 
-def test_run_script_with_the_token_but_not_enabled_is_403(diag, tmp_path):
+def test_run_script_with_the_token_but_not_enabled_is_404(diag, tmp_path):
     d = diag("--http-admin-token", TOKEN, "--script-allowed-imports", "pathlib")
     marker = tmp_path / "marker"
     method, path, kwargs = guarded_requests(marker)["run_script"]
     assert d.http.request(method, path, **kwargs).status_code == 401  # the guard answers first
     resp = d.http.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"}, **kwargs)
-    assert (resp.status_code, resp.text) == (403, "run_script is disabled (start the server with "
+    assert (resp.status_code, resp.text) == (404, "run_script is disabled (start the server with "
                                                   "--run-script-api-enabled)")
     assert not marker.exists()
 

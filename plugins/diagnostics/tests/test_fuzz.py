@@ -174,7 +174,7 @@ def test_run_script_disabled_never_runs_and_never_5xx(diag):
     @given(source=_source, field=st.one_of(st.just("script"), _text.filter(bool)))
     def run(source: bytes, field: str) -> None:
         resp = d.post("/run_script", files={field: ("s.py", source)})
-        assert resp.status_code == 403 and resp.headers["content-type"] == TEXT
+        assert resp.status_code == 404 and resp.headers["content-type"] == TEXT
 
     run()
 

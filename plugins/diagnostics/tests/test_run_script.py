@@ -1,4 +1,4 @@
-"""``POST /run_script`` over real HTTP: off by default (403, nothing runs), 200 with ``result``, 400 without a
+"""``POST /run_script`` over real HTTP: off by default (404 as in LMCache 0.5.6, nothing runs), 200 with ``result``, 400 without a
 file, 413 past the size limit, 500 for a failing script (the seed's documented 500), the restricted builtins,
 the allow-listed importer and the time limit."""
 
@@ -34,19 +34,19 @@ def failure(resp, reason: str) -> None:
 # -- off by default ----------------------------------------------------------------------------
 
 
-def test_disabled_by_default_it_answers_403_and_runs_nothing(diag, tmp_path):
+def test_disabled_by_default_it_answers_404_and_runs_nothing(diag, tmp_path):
     d = diag("--script-allowed-imports", "pathlib")
     marker = tmp_path / "created-by-script"
     for send in (lambda: d.script(creating(marker)),
-                 lambda: d.post("/run_script"),  # no body at all: still 403, not 400
+                 lambda: d.post("/run_script"),  # no body at all: still 404, not 400
                  lambda: d.post("/run_script", data={"script": creating(marker)})):
         resp = send()
-        assert resp.status_code == 403
+        assert resp.status_code == 404
         assert resp.headers["content-type"] == TEXT
         assert resp.text == DISABLED
     assert not marker.exists()
     assert script_threads() == []
-    # The same script with the flag does create the file: the 403 above is what stopped it.
+    # The same script with the flag does create the file: the 404 above is what stopped it.
     enabled = diag(*ENABLED, "--script-allowed-imports", "pathlib")
     resp = enabled.script(creating(marker))
     assert (resp.status_code, resp.text) == (200, "created")
@@ -56,7 +56,7 @@ def test_disabled_by_default_it_answers_403_and_runs_nothing(diag, tmp_path):
 def test_disabled_through_the_environment_too(diag, tmp_path):
     marker = tmp_path / "env-created"
     off = diag(environ={"LMCACHE_RUN_SCRIPT_API_ENABLED": "false", "LMCACHE_SCRIPT_ALLOWED_IMPORTS": "pathlib"})
-    assert off.script(creating(marker)).status_code == 403
+    assert off.script(creating(marker)).status_code == 404
     assert not marker.exists()
     on = diag(environ={"LMCACHE_RUN_SCRIPT_API_ENABLED": "1", "LMCACHE_SCRIPT_ALLOWED_IMPORTS": "json,pathlib"})
     assert on.script(creating(marker)).text == "created"

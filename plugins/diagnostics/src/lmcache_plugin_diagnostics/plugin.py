@@ -50,9 +50,11 @@ stops (the periodic-thread routes then show an empty registry).
 
 Safe by default (decided for our users; LMCache has neither):
 
-* ``/run_script`` answers 403 ``run_script is disabled (start the server with
-  --run-script-api-enabled)`` unless ``--run-script-api-enabled``. The check comes
-  before the body is read; nothing is compiled, imported or run. A Python sandbox
+* ``/run_script`` answers 404 ``run_script is disabled (start the server with
+  --run-script-api-enabled)`` unless ``--run-script-api-enabled``: LMCache 0.5.6's
+  status for its disabled ``/run_script`` (a text body saying "disabled"), so one
+  answer serves both route generations; no client is known to tell a 403 from it.
+  The check comes before the body is read; nothing is compiled, imported or run. A Python sandbox
   is not a security boundary, hence off by default and behind the admin token.
 * With ``--http-admin-token``, 401 ``{"error": "admin token required"}`` without
   ``Authorization: Bearer <token>`` on: ``/loglevel`` in its *set* mode (one GET
@@ -61,7 +63,7 @@ Safe by default (decided for our users; LMCache has neither):
   :class:`~lmcache_core.http.guard.AdminTokenRequired`; the token is checked before
   the level, so an unauthenticated caller learns nothing), ``/threads``,
   ``/periodic-threads``, ``/periodic-threads/{thread_name}``, ``/env`` and
-  ``/run_script`` (the guard runs before the enable check: 401, then 403).
+  ``/run_script`` (the guard runs before the enable check: 401, then 404).
   The periodic-thread list and detail are guarded because ``last_summary`` carries
   the text of a failing run's exception (paths, keys, hosts). Open: ``/loglevel``
   list and read (levels are not secrets, and reading changes nothing) and
@@ -439,15 +441,15 @@ def env(server: Server) -> Response[str]:
       operation_class=openapi.operation(body=openapi.multipart_body(["script"], "the Python file to run")),
       responses={200: openapi.text("`str(result)`, or `Script executed successfully`"),
                  400: openapi.text("`No script file provided`"),
-                 403: openapi.text("disabled: the server runs without `--run-script-api-enabled`"),
+                 404: openapi.text("disabled: the server runs without `--run-script-api-enabled`"),
                  413: openapi.text(f"`Script larger than {MAX_SCRIPT_BYTES} bytes`"),
                  500: openapi.text("`Error executing script: <reason>`: it failed to compile, raised, imported a "
                                    "module not allowed, or ran out of time")})
 async def run_script_route(request: Request[Any, Any, Any], server: Server) -> Response[str]:
-    """403 unless enabled; 400 without a ``script`` file; 200 with the result; 500 when the script fails."""
+    """404 unless enabled; 400 without a ``script`` file; 200 with the result; 500 when the script fails."""
     config = _options(server)
     if not config.run_script_api_enabled:
-        return _text("run_script is disabled (start the server with --run-script-api-enabled)", 403)
+        return _text("run_script is disabled (start the server with --run-script-api-enabled)", 404)
     try:
         form = await request.form()
     except ClientException as exc:  # a malformed multipart body; 413 when it is over the size limit
