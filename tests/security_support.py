@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -12,13 +15,14 @@ import zmq
 from lmcache_core.client import LMCacheClient
 
 
-def rss_bytes(pid: int | None = None) -> int:
-    """Resident set size of process ``pid`` (default: this one), from ``/proc/<pid>/status``."""
+def rss_bytes(pid: int | None = None, field: str = "VmRSS") -> int:
+    """Resident set size of process ``pid`` (default: this one), from ``/proc/<pid>/status``;
+    ``field="VmHWM"``: its peak so far."""
     with open(f"/proc/{pid or os.getpid()}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS line")
+    raise RuntimeError(f"no {field} line")
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.02) -> Any:
@@ -47,3 +51,19 @@ def raw_dealer(url: str, **options: int) -> zmq.Socket:
         sock.setsockopt(getattr(zmq, name), value)
     sock.connect(url)
     return sock
+
+
+ATTACKER = Path(__file__).with_name("security_attacker.py")
+
+
+def run_as_nobody(port: int, steps: list[dict[str, Any]], timeout_s: float = 60.0) -> dict[str, Any]:
+    """Run tests/security_attacker.py as the unprivileged user ``nobody`` against 127.0.0.1:``port``."""
+    doc = json.dumps({"host": "127.0.0.1", "port": port, "steps": steps})
+    out = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(ATTACKER)], input=doc,
+                         capture_output=True, text=True, timeout=timeout_s, check=True)
+    return json.loads(out.stdout)
+
+
+def hexed(frames: list[bytes]) -> list[str]:
+    """Frames as the attacker script takes them."""
+    return [f.hex() for f in frames]
