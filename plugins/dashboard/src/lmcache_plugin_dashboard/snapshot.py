@@ -116,6 +116,7 @@ class ThreadRow(msgspec.Struct):
     running: bool
     active: bool
     last_run_ago: float | None
+    """Seconds since the last run started; ``null`` before the first."""
     total_runs: int
     failed_runs: int
     last_error: str | None
@@ -225,16 +226,17 @@ def quota_rows(storage: Any) -> list[QuotaRow]:
 
 
 def thread_rows(threads: Any) -> list[ThreadRow]:
+    """The periodic threads, from their counters (not ``get_status``, which deep-copies each run summary)."""
     if threads is None:
         return []
     rows = []
+    now = time.time()  # the registry's clock (PeriodicThreadRegistry's default)
     for t in threads.get_all():
-        s = t.get_status()
-        last = s.get("last_summary") or {}
-        rows.append(ThreadRow(name=s["name"], level=s["level"], running=s["is_running"], active=s["is_active"],
-                              last_run_ago=s["last_run_ago"], total_runs=s["total_runs"],
-                              failed_runs=s["failed_runs"],
-                              last_error=None if last.get("success", True) else str(last.get("message", ""))))
+        last = t.last_summary
+        rows.append(ThreadRow(name=t.name, level=t.level.value, running=t.is_running, active=t.is_active,
+                              last_run_ago=None if last is None else max(0.0, now - last.timestamp),
+                              total_runs=t.total_runs, failed_runs=t.failed_runs,
+                              last_error=None if last is None or last.success else last.message))
     return sorted(rows, key=lambda r: r.name)
 
 
