@@ -1,7 +1,11 @@
-"""Configuration objects, one msgspec Struct per section.
+"""Configuration objects, one msgspec Struct per section, and how sections are built.
 
-The launcher (:mod:`lmcache_core.cli`) fills them from flags and environment
-variables; ``GET /conf`` serves them. Field names equal the argparse ``dest``
+The launcher (:mod:`lmcache_core.cli`, through :mod:`lmcache_core.options`) fills them
+from flags and environment variables; ``GET /conf`` serves them. A plugin declares its
+section once, as a Struct, through ``lmcache_register_config`` (a :class:`ConfigSpec`):
+the flags, variables, defaults and help text are derived from the Struct's fields
+(:mod:`lmcache_core.options`), and :func:`build_configs` builds and validates every
+section once, before the server starts. Field names equal the argparse ``dest``
 of their flag, so a section is built from parsed arguments by name
 (:func:`section_from_args`). Defaults follow LMCache 0.5.6 where it has the
 flag (``spec/lmcache-mp-core.md`` §1), with two deliberate differences:
@@ -14,9 +18,14 @@ its newest docs say 127.0.0.1; an operator must opt in to exposure).
 from __future__ import annotations
 
 import argparse
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+
+from lmcache_core.argtypes import for_type, optional_of, unwrap
 
 
 class MPConfig(msgspec.Struct, kw_only=True):
@@ -90,6 +99,147 @@ def section_from_args(section: type[S], args: argparse.Namespace) -> S:
     """Build a config Struct from parsed arguments, taking each field from the same-named ``dest``."""
     values = {name: getattr(args, name) for name in section.__struct_fields__ if hasattr(args, name)}
     return section(**values)
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """One plugin config section, as ``register(name, config_type, ...)`` declared it.
+
+    ``name`` is the key in ``server.configs`` and ``GET /conf``; ``prefix`` is put before
+    each field's name to make its flag and ``dest`` (``prefix="l2-"``, field
+    ``warm_job_ttl_seconds`` → ``--l2-warm-job-ttl-seconds``, ``LMCACHE_L2_WARM_JOB_TTL_SECONDS``).
+    ``title`` and ``description`` head the option group in ``--help``.
+    """
+
+    name: str
+    config_type: type[msgspec.Struct]
+    plugin: str
+    prefix: str = ""
+    title: str = ""
+    description: str | None = None
+
+    def dest(self, field: str) -> str:
+        """The argparse ``dest`` (and, upper-cased, the ``LMCACHE_*`` suffix) of ``field``."""
+        return self.prefix.replace("-", "_") + field
+
+    def flag(self, field: str) -> str:
+        """The command-line flag of ``field``."""
+        return "--" + self.dest(field).replace("_", "-")
+
+
+class ConfigError(ValueError):
+    """A config section whose values break its Struct's constraints (a usage error: exit 2)."""
+
+
+def validated(section: type[S], values: dict[str, Any], *, name: str) -> S:
+    """``values`` as a ``section`` Struct, every field type and ``msgspec.Meta`` constraint checked."""
+    try:
+        return msgspec.convert(values, section)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"config {name!r}: {exc}") from None
+
+
+def plugin_config_from_args(spec: ConfigSpec, args: argparse.Namespace) -> msgspec.Struct:
+    """The section ``spec`` declares, from parsed arguments (a field missing there keeps its default)."""
+    values = {f: getattr(args, spec.dest(f)) for f in spec.config_type.__struct_fields__
+              if hasattr(args, spec.dest(f))}
+    return validated(spec.config_type, values, name=spec.name)
+
+
+def build_configs(args: argparse.Namespace, specs: Any = ()) -> dict[str, msgspec.Struct]:
+    """Every core section and every plugin section (``specs``: :class:`ConfigSpec` s) from parsed arguments."""
+    configs: dict[str, msgspec.Struct] = {name: section_from_args(section, args)
+                                          for name, section in CORE_SECTIONS.items()}
+    for spec in specs:
+        configs[spec.name] = plugin_config_from_args(spec, args)
+    return configs
+
+
+# -- plugin config sections: the option group of a Struct --------------------------------------------------------------------
+
+
+class _ExtendItems(argparse.Action):
+    """``--flag a b,c`` → ``["a", "b", "c"]``: each token is parsed to a list, the lists are joined."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Sequence[Any] | str | None, option_string: str | None = None) -> None:
+        flat: list[Any] = []
+        for item in values or []:
+            flat.extend(item if isinstance(item, list) else [item])
+        setattr(namespace, self.dest, flat)
+
+
+def _items(item_type: Any) -> Any:
+    """A parser of ``"a, b c"`` into a list of ``item_type`` values (commas or blanks between)."""
+    one = for_type(item_type)
+
+    def parse(text: str) -> list[Any]:
+        return [one(part) for part in text.replace(",", " ").split()]
+
+    parse.__name__ = f"{one.__name__} list"
+    return parse
+
+
+def _field_meta(annotation: Any) -> tuple[str | None, dict[str, Any]]:
+    """The ``description`` and ``extra`` of a field's ``msgspec.Meta`` annotations."""
+    _, metas = unwrap(annotation)
+    description = next((m.description for m in metas if m.description), None)
+    extra: dict[str, Any] = {}
+    for m in metas:
+        extra.update(m.extra or {})
+    return description, extra
+
+
+def add_config_options(parser: argparse.ArgumentParser, spec: ConfigSpec) -> list[str]:
+    """Add one option per field of ``spec``'s Struct, in one group; returns the ``dest`` s added.
+
+    Derived from each field: the flag (:meth:`ConfigSpec.flag`), the default, the help text
+    (``msgspec.Meta(description=...)``), the value type with its bounds
+    (:func:`lmcache_core.argtypes.for_type`), ``choices`` for a ``Literal``, ``store_true``
+    for a ``bool`` that defaults to false (``--x/--no-x`` when it defaults to true), and
+    ``nargs="*"`` (items split on commas or blanks) for a ``list``. ``Meta(extra={"metavar": ...})``
+    sets the metavar.
+    """
+    group = parser.add_argument_group(spec.title or f"{spec.name} ({spec.plugin})", spec.description)
+    hints = typing.get_type_hints(spec.config_type, include_extras=True)
+    dests: list[str] = []
+    for field in msgspec.structs.fields(spec.config_type):
+        annotation = hints[field.name]
+        description, extra = _field_meta(annotation)
+        base, _ = unwrap(annotation)
+        inner, _ = optional_of(base)
+        inner_base, _ = unwrap(inner)
+        default = (field.default_factory() if field.default_factory is not msgspec.NODEFAULT
+                   else None if field.default is msgspec.NODEFAULT else field.default)
+        kwargs: dict[str, Any] = {"dest": spec.dest(field.name), "default": default,
+                                  "help": description or field.name.replace("_", " ")}
+        if "metavar" in extra:
+            kwargs["metavar"] = extra["metavar"]
+        if field.required:
+            kwargs["required"] = True
+        if inner_base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
+        elif typing.get_origin(inner_base) in (list, tuple, set, frozenset):
+            (item,) = typing.get_args(inner_base)[:1] or (str,)
+            kwargs.update(nargs="*", type=_items(item), action=_ExtendItems)
+        else:
+            kwargs["type"] = for_type(annotation)
+            if typing.get_origin(inner_base) is typing.Literal:
+                kwargs["choices"] = list(typing.get_args(inner_base))
+        group.add_argument(spec.flag(field.name), **kwargs)
+        dests.append(kwargs["dest"])
+    return dests
+
+
+
+SELECTION_FLAGS = ("--plugins", "--disable-plugins", "--strict-plugins", "--version", "--help", "-h")
+
+
+def reserved_flags() -> list[str]:
+    """The flags of the core option groups: no plugin config field may take one."""
+    flags = [f"--{field.replace('_', '-')}" for section in CORE_SECTIONS.values()
+             for field in section.__struct_fields__]
+    return list(dict.fromkeys([*flags, *SELECTION_FLAGS]))
 
 
 # Names whose values are never shown by /conf (keys, tokens, passwords).

@@ -47,6 +47,21 @@ class RegisterL2Adapter(Protocol):
     def __call__(self, type_name: str, config_type: type, factory: Any) -> None: ...
 
 
+class RegisterConfig(Protocol):
+    """``register(name, config_type, *, prefix="", title="", description=None)``: declare a config section.
+
+    ``config_type`` is a ``msgspec.Struct`` whose fields all have defaults. The core derives
+    from it an option group (one flag per field: ``--<prefix><field>``, dashes for
+    underscores), the ``LMCACHE_*`` variables, the defaults and the help text (each field's
+    ``msgspec.Meta(description=...)``), builds and validates the section once before the
+    server starts, shows it in ``GET /conf`` under ``name``, and hands it to the plugin as
+    ``server.configs[name]``, typed.
+    """
+
+    def __call__(self, name: str, config_type: type, *, prefix: str = "", title: str = "",
+                 description: str | None = None) -> None: ...
+
+
 class RegisterEvictionPolicy(Protocol):
     """``register(name, factory)``: declare an eviction policy; ``factory()`` returns a new policy."""
 
@@ -54,8 +69,13 @@ class RegisterEvictionPolicy(Protocol):
 
 
 @hookspec
+def lmcache_register_config(register: RegisterConfig) -> None:
+    """Declare this plugin's config sections (msgspec Structs) with ``register(name, config_type, prefix=...)``."""
+
+
+@hookspec
 def lmcache_add_options(parser: argparse.ArgumentParser) -> None:
-    """Add this plugin's command-line options, normally as one argument group."""
+    """Add raw command-line options (prefer ``lmcache_register_config``, which also builds the typed config)."""
 
 
 @hookspec

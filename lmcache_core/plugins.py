@@ -10,7 +10,15 @@ registered through the same hooks as third-party ones; entry points of the
   strict, in which case :class:`PluginLoadError` names it;
 * ``allow`` (``--plugins`` / ``LMCACHE_PLUGINS``) keeps only the named plugins,
   ``deny`` (``--disable-plugins`` / ``LMCACHE_DISABLED_PLUGINS``) blocks names;
-  built-ins are always on.
+  built-ins are always on;
+* a plugin that implements a hook no hookspec declares (a misspelled ``lmcache_*``) is a
+  failed plugin like one whose import raised.
+
+Once every plugin is loaded, the registration hooks (config sections, L2 adapter types,
+eviction policies, routes) are called exactly once, each implementation on its own, and
+what they registered is frozen into :attr:`PluginHost.registrations`. A plugin that fails
+any of them is dropped whole (nothing it registered stays) and listed as failed, so
+``lmcache-server plugins`` and ``GET /plugins`` report the same thing.
 
 Core never calls ``pm.hook.*`` itself: the methods of :class:`PluginHost` call
 each implementation separately, which gives per-plugin isolation at run time
@@ -28,9 +36,11 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import importlib_metadata
+import msgspec
 import pluggy
 
 from lmcache_core import PROJECT_NAME, __version__, hookspecs
+from lmcache_core.config import CORE_SECTIONS, ConfigSpec, add_config_options, reserved_flags
 
 if TYPE_CHECKING:
     from lmcache_core.server import CacheServer
@@ -118,13 +128,23 @@ class Registration:
 
 
 class Registry:
-    """Named registrations of one kind; a second registration of a name is an error."""
+    """Named registrations of one kind; a second registration of a name is an error.
+
+    Frozen (:meth:`freeze`) once the host collected it: nothing registers later.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, Registration] = {}
+        self._frozen = False
+
+    def freeze(self) -> Registry:
+        self._frozen = True
+        return self
 
     def add(self, name: str, plugin: str, value: Any) -> None:
+        if self._frozen:
+            raise PluginError(f"{self.kind} registrations are closed (plugin {plugin!r} registered {name!r} late)")
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin!r} registered a {self.kind} with an invalid name {name!r}")
         if name in self._items:
@@ -163,6 +183,35 @@ class L2AdapterType:
     factory: Callable[..., Any]
 
 
+@dataclass(frozen=True)
+class Registrations:
+    """Everything the plugins registered, collected once after loading and frozen.
+
+    ``configs``: the config sections (:class:`~lmcache_core.config.ConfigSpec`) in plugin
+    order; ``l2_adapter_types`` and ``eviction_policies``: name → registration; ``routes``:
+    the route handlers, in plugin order.
+    """
+
+    configs: tuple[ConfigSpec, ...]
+    l2_adapter_types: Registry
+    eviction_policies: Registry
+    routes: tuple[Any, ...]
+
+
+def _positional(arity: int) -> Callable[..., tuple[Any, ...]]:
+    def check(*args: Any) -> tuple[Any, ...]:
+        if arity >= 0 and len(args) != arity:
+            raise TypeError(f"register() takes {arity} arguments, got {len(args)}")
+        return args
+
+    return check
+
+
+def _config_call(name: str, config_type: Any, *, prefix: str = "", title: str = "",
+                 description: str | None = None) -> tuple[Any, ...]:
+    return (name, config_type, prefix, title, description)
+
+
 def parse_name_list(value: str | Iterable[str] | None) -> set[str] | None:
     """``"a, b"`` or ``["a", "b"]`` → ``{"a", "b"}``; ``None`` or empty → ``None``."""
     if value is None:
@@ -198,7 +247,7 @@ class PluginHost:
             self._load_entry_points()
         for name, obj in extra_plugins:
             self._register(name, obj, None, None, builtin=False)
-        self.pm.check_pending()
+        self.registrations: Registrations = self._collect_registrations()
 
     # -- loading ---------------------------------------------------------
 
@@ -237,7 +286,16 @@ class PluginHost:
                 raise
             self._fail(name, dist, version, f"{type(exc).__name__}: {exc}")
             return
-        hooks = sorted(h.name for h in self.pm.get_hookcallers(obj) or ())
+        callers = self.pm.get_hookcallers(obj) or ()
+        unknown = sorted(h.name for h in callers if not h.has_spec())
+        if unknown:
+            self.pm.unregister(obj)
+            error = f"implements hooks no hookspec declares: {', '.join(unknown)} (misspelled?)"
+            if builtin:
+                raise PluginError(f"built-in plugin {name!r} {error}")
+            self._fail(name, dist, version, error)
+            return
+        hooks = sorted(h.name for h in callers)
         self.plugins[name] = PluginInfo(name, dist, version, builtin, hooks)
 
     def _fail(self, name: str, dist: str | None, version: str | None, error: str) -> None:
@@ -263,21 +321,20 @@ class PluginHost:
         # trylast); keep that order so behaviour matches a plain hook call.
         return list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))
 
-    def _collect(self, hook_name: str, arity: int) -> list[tuple[str, tuple[Any, ...]]]:
+    def _collect(self, hook_name: str, call: Callable[..., tuple[Any, ...]]) -> list[tuple[str, tuple[Any, ...]]]:
         """Call a registration hook per plugin; return ``(plugin, args)`` for every ``register(...)`` call.
 
-        A plugin's registrations count only if its hook returns normally: one
-        that raises (or registers with the wrong number of arguments) is
-        dropped whole and recorded as failed, and nothing it registered stays.
+        ``call`` checks and normalizes one ``register(...)`` call's arguments (a ``TypeError``
+        for a wrong call). A plugin's registrations count only if its hook returns normally:
+        one that raises (or calls ``register`` wrongly) is dropped whole and recorded as
+        failed, and nothing it registered stays.
         """
         collected: list[tuple[str, tuple[Any, ...]]] = []
         for impl in self._impls(hook_name):
             calls: list[tuple[Any, ...]] = []
 
-            def register(*args: Any) -> None:
-                if arity >= 0 and len(args) != arity:
-                    raise TypeError(f"register() takes {arity} arguments, got {len(args)}")
-                calls.append(args)
+            def register(*args: Any, **kwargs: Any) -> None:
+                calls.append(call(*args, **kwargs))
 
             try:
                 impl.function(**_kwargs(impl, register=register))
@@ -306,29 +363,70 @@ class PluginHost:
             added[impl.plugin_name] = [a.dest for a in parser._actions if a.dest not in before]
         return added
 
-    def l2_adapter_types(self) -> Registry:
-        """Collect L2 adapter types from ``lmcache_register_l2_adapters``; duplicates raise."""
-        registry = Registry("L2 adapter type")
-        for plugin, (type_name, config_type, factory) in self._collect("lmcache_register_l2_adapters", 3):
-            if not callable(factory) or not isinstance(config_type, type):
-                self.unregister_failed(plugin, f"L2 type {type_name!r}: config_type must be a class and factory callable")
+    def _collect_registrations(self) -> Registrations:
+        """Call every registration hook once; validate; drop failed plugins whole; freeze the result."""
+        raw = {
+            "configs": self._collect("lmcache_register_config", _config_call),
+            "l2": self._collect("lmcache_register_l2_adapters", _positional(3)),
+            "eviction": self._collect("lmcache_register_eviction_policies", _positional(2)),
+            "routes": self._collect("lmcache_register_routes", _positional(-1)),
+        }
+        scratch = argparse.ArgumentParser(add_help=False)
+        for flag in reserved_flags():
+            scratch.add_argument(flag)
+        names = set(CORE_SECTIONS)
+        order = {name: i for i, name in enumerate(self.plugins)}  # config sections: first registered wins
+        raw["configs"].sort(key=lambda call: order.get(call[0], len(order)))
+        for plugin, (name, config_type, prefix, title, description) in raw["configs"]:
+            if plugin not in self.plugins:
                 continue
-            registry.add(type_name, plugin, L2AdapterType(type_name, config_type, factory))
-        return registry
+            try:
+                if not isinstance(name, str) or not name.isidentifier():
+                    raise ValueError(f"config name {name!r} is not an identifier")
+                if name in names:
+                    raise ValueError(f"config section {name!r} is already registered")
+                if not (isinstance(config_type, type) and issubclass(config_type, msgspec.Struct)):
+                    raise TypeError(f"config {name!r}: config_type must be a msgspec.Struct subclass")
+                spec = ConfigSpec(name, config_type, plugin, prefix, title or "", description)
+                config_type()  # every field needs a default
+                add_config_options(scratch, spec)
+            except Exception as exc:
+                self.unregister_failed(plugin, f"lmcache_register_config: {type(exc).__name__}: {exc}")
+                continue
+            names.add(name)
+        self.add_options(scratch)  # legacy options: a clash fails its plugin now, not when the server starts
+        for plugin, (type_name, config_type, factory) in raw["l2"]:
+            if plugin in self.plugins and (not callable(factory) or not isinstance(config_type, type)):
+                self.unregister_failed(plugin, f"L2 type {type_name!r}: config_type must be a class and factory callable")
+        for plugin, (name, factory) in raw["eviction"]:
+            if plugin in self.plugins and not callable(factory):
+                self.unregister_failed(plugin, f"eviction policy {name!r}: factory is not callable")
+
+        def alive(kind: str) -> list[tuple[str, tuple[Any, ...]]]:
+            return [(plugin, args) for plugin, args in raw[kind] if plugin in self.plugins]
+
+        l2 = Registry("L2 adapter type")
+        for plugin, (type_name, config_type, factory) in alive("l2"):
+            l2.add(type_name, plugin, L2AdapterType(type_name, config_type, factory))
+        policies = Registry("eviction policy")
+        for plugin, (name, factory) in alive("eviction"):
+            policies.add(name, plugin, factory)
+        configs = tuple(ConfigSpec(name, config_type, plugin, prefix, title or "", description)
+                        for plugin, (name, config_type, prefix, title, description) in alive("configs"))
+        routes = tuple(handler for _, handlers in alive("routes") for handler in handlers)
+        return Registrations(configs, l2.freeze(), policies.freeze(), routes)
+
+    def l2_adapter_types(self) -> Registry:
+        """The L2 adapter types plugins registered (collected once, at load)."""
+        return self.registrations.l2_adapter_types
 
     def eviction_policies(self) -> Registry:
-        """Collect eviction policies from ``lmcache_register_eviction_policies``; duplicates raise."""
-        registry = Registry("eviction policy")
-        for plugin, (name, factory) in self._collect("lmcache_register_eviction_policies", 2):
-            if not callable(factory):
-                self.unregister_failed(plugin, f"eviction policy {name!r}: factory is not callable")
-                continue
-            registry.add(name, plugin, factory)
-        return registry
+        """The eviction policies plugins registered (collected once, at load)."""
+        return self.registrations.eviction_policies
 
     def route_handlers(self) -> list[Any]:
-        """Collect route handlers from ``lmcache_register_routes``, in plugin order."""
-        return [handler for _, handlers in self._collect("lmcache_register_routes", -1) for handler in handlers]
+        """The route handlers plugins registered, in plugin order (collected once, at load)."""
+        return list(self.registrations.routes)
 
     def status(self, server: CacheServer) -> dict[str, Any]:
         """Merge every plugin's ``lmcache_status`` section; a failing plugin reports its error."""

@@ -17,9 +17,10 @@ from typing import Any
 import msgspec
 
 from lmcache_core import __version__
-from lmcache_core.config import HTTPConfig, MPConfig, StorageManagerConfig
+from lmcache_core.config import HTTPConfig, MPConfig, StorageManagerConfig, build_configs
 from lmcache_core.hashing import TokenHasher
 from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
+from lmcache_core.options import default_options
 from lmcache_core.plugins import PluginHost, Registry
 from lmcache_core.sessions import SessionManager
 from lmcache_core.storage.manager import StorageManager, parse_l2_configs
@@ -42,24 +43,23 @@ class CacheServer:
         configs: dict[str, msgspec.Struct] | None = None,
         options: argparse.Namespace | None = None,
     ) -> None:
-        """``options`` are the parsed command line (plugins read their own options there);
-        without it, every option's default. ``configs`` override sections built from options."""
+        """``configs`` are the built config sections (:func:`lmcache_core.config.build_configs`); a
+        section missing there is built from ``options`` (a parsed command line), or, without
+        them, from every option's default. ``options`` stays readable as :attr:`options` for
+        plugins that add raw flags through ``lmcache_add_options``."""
         self.plugin_host = plugin_host
         if options is None:
-            from lmcache_core.cli import build_parser
-
-            options = build_parser(plugin_host, environ={}).parse_args([])
+            options = default_options(plugin_host)
         self.options = options
-        from lmcache_core.cli import build_configs
-
-        self.configs: dict[str, msgspec.Struct] = {**build_configs(options), **(configs or {})}
+        built = build_configs(options, [s for s in plugin_host.registrations.configs if s.name not in (configs or {})])
+        self.configs: dict[str, msgspec.Struct] = {**built, **(configs or {})}
         self.version = __version__
         self._lock = threading.Lock()
         self._ready = False
         self._started = False
         self._stopped = False
-        self.eviction_policies: Registry = plugin_host.eviction_policies()
-        self.l2_adapter_types: Registry = plugin_host.l2_adapter_types()
+        self.eviction_policies: Registry = plugin_host.registrations.eviction_policies
+        self.l2_adapter_types: Registry = plugin_host.registrations.l2_adapter_types
         self._validate()
         # Built by start(); None until then.
         self.threads: PeriodicThreadRegistry | None = None
@@ -83,7 +83,8 @@ class CacheServer:
         return self.configs["http"]  # type: ignore[return-value]
 
     def register_config(self, name: str, config: msgspec.Struct) -> None:
-        """Add a plugin's config object to ``/conf`` under ``name`` (names are unique)."""
+        """Add a config object to ``/conf`` under ``name`` (names are unique). Plugins declare theirs
+        with ``lmcache_register_config`` instead, which also derives the flags and validates."""
         if name in self.configs:
             raise ValueError(f"config section {name!r} already registered")
         self.configs[name] = config

@@ -39,9 +39,18 @@ def test_entry_point_plugin_route_status_and_listing_over_http(fake_dists):
     assert entry["version"] == "1.2.3"
     assert entry["builtin"] is False
     assert set(entry["hooks"]) == {
-        "lmcache_add_options", "lmcache_register_l2_adapters", "lmcache_register_eviction_policies",
-        "lmcache_register_routes", "lmcache_status", "lmcache_startup", "lmcache_shutdown",
+        "lmcache_add_options", "lmcache_register_config", "lmcache_register_l2_adapters",
+        "lmcache_register_eviction_policies", "lmcache_register_routes", "lmcache_status", "lmcache_startup",
+        "lmcache_shutdown",
     }
+    assert "--everything-level" in listing_help()
+
+
+def listing_help() -> str:
+    """``--help`` of a launcher with the ``everything`` fixture (its ``lmcache_register_config`` section)."""
+    from lmcache_core.cli import build_parser
+
+    return build_parser(PluginHost(allow="everything"), {}).format_help()
 
 
 def test_plugin_whose_import_raises_is_skipped_and_listed_as_failed(fake_dists):
@@ -106,9 +115,8 @@ def test_invalid_registration_is_a_plugin_failure_and_fatal_when_strict(fake_dis
     host = PluginHost(allow="bad_factory")
     assert "not-callable" not in host.l2_adapter_types()
     assert [f.name for f in host.failed] == ["bad_factory"]
-    strict = PluginHost(allow="bad_factory", strict=True)
-    with pytest.raises(PluginLoadError, match="bad_factory"):
-        strict.l2_adapter_types()
+    with pytest.raises(PluginLoadError, match="bad_factory"):  # registrations are collected at load
+        PluginHost(allow="bad_factory", strict=True)
 
 
 def test_failing_status_hook_reports_its_error_and_status_still_answers(fake_dists):

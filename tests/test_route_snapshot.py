@@ -221,8 +221,9 @@ def test_every_route_answers_as_recorded(lmcache_server_factory: Any) -> None:
             pytest.fail(f"no snapshot yet: recorded {SNAPSHOT}; run again to compare")
         return
     recorded = json.loads(SNAPSHOT.read_text())
+    changed: dict[str, Any] = {}
     for section in ("ready", "valid", "not_started", "no_token"):
         mine, theirs = snapshot[section], recorded.get(section, {})
         assert sorted(mine) == sorted(theirs), f"{section}: the set of requests changed"
-        changed = {k: {"recorded": theirs[k], "now": mine[k]} for k in mine if mine[k] != theirs[k]}
-        assert not changed, f"{section}: answers changed:\n" + json.dumps(changed, indent=1, ensure_ascii=False)
+        changed.update({f"{section}: {k}": {"recorded": theirs[k], "now": mine[k]} for k in mine if mine[k] != theirs[k]})
+    assert not changed, "answers changed:\n" + json.dumps(changed, indent=1, ensure_ascii=False)

@@ -4,9 +4,10 @@ Routes join the app in exactly one place: :class:`RoutesInitPlugin`, a core
 ``InitPlugin`` that gathers every plugin's handlers from the
 ``lmcache_register_routes`` hook in ``on_app_init``. Nothing registers routes
 later. The :class:`~lmcache_core.server.CacheServer` lives on app state and
-reaches handlers through the ``server`` / ``engine`` dependencies. As each route is
-registered, the plugin adds the responses every route group shares (the admin
-guard's 401, the ``engine`` dependency's 503) to the OpenAPI document
+reaches handlers through the ``server`` / ``engine`` dependencies. Errors are
+:class:`~lmcache_core.http.errors.HTTPError` s, rendered by one exception handler in
+the envelope each route group declares. As each route is registered, the plugin adds
+the responses every route group shares (the admin guard's 401, the ``engine`` dependency's 503) to the OpenAPI document
 (:func:`lmcache_core.http.openapi.document_handler`).
 """
 
@@ -22,7 +23,8 @@ from litestar.plugins import InitPlugin, ReceiveRoutePlugin
 from litestar.routes import BaseRoute, HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from lmcache_core.http.deps import DEPENDENCIES, EngineUnavailable, engine_unavailable_handler
+from lmcache_core.http.deps import DEPENDENCIES
+from lmcache_core.http.errors import HTTPError, http_error_handler
 from lmcache_core.http.guard import AdminTokenRequired, admin_token_required_handler
 from lmcache_core.http.metrics import http_metrics_middleware
 from lmcache_core.http.openapi import document_handler
@@ -38,9 +40,9 @@ class RoutesInitPlugin(InitPlugin, ReceiveRoutePlugin):
         self.server = server
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.extend(self.server.plugin_host.route_handlers())
+        app_config.route_handlers.extend(self.server.plugin_host.registrations.routes)
         app_config.dependencies.update(DEPENDENCIES)
-        app_config.exception_handlers[EngineUnavailable] = engine_unavailable_handler
+        app_config.exception_handlers[HTTPError] = http_error_handler
         app_config.exception_handlers[AdminTokenRequired] = admin_token_required_handler
         if not self.server.configs["observability"].disable_metrics:  # type: ignore[attr-defined]
             app_config.middleware.append(http_metrics_middleware)

@@ -52,7 +52,15 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from lmcache_core.http.deps import DEFAULT_UNAVAILABLE_BODY, UNAVAILABLE_OPT
+from lmcache_core.http.errors import (
+    DETAIL,
+    ENGINE_NOT_INITIALIZED,
+    ERROR,
+    TEXT as TEXT_ENVELOPE,
+    UNAVAILABLE_OPT,
+    Envelope,
+    envelope_of_handler,
+)
 from lmcache_core.http.guard import require_admin
 from lmcache_core.keys import MAX_CACHE_SALT_CHARS, MAX_CHUNK_HASH_BYTES
 
@@ -127,6 +135,17 @@ def detail(description: str) -> ResponseSpec:
     return json(DetailBody, description)
 
 
+def failure(envelope: Envelope, description: str) -> ResponseSpec:
+    """An error answer in ``envelope`` (:data:`~lmcache_core.http.errors.ERROR`, ``DETAIL``, ``TEXT``, ...)."""
+    if envelope is TEXT_ENVELOPE or envelope.media_type == TEXT:
+        return text(description)
+    if envelope is DETAIL:
+        return detail(description)
+    if envelope is ERROR:
+        return error(description)
+    return json(_ENVELOPES.get(frozenset(envelope.keys), dict[str, str]), description)
+
+
 def text(description: str) -> ResponseSpec:
     """A ``text/plain`` answer."""
     return ResponseSpec(data_container=str, description=description, media_type=TEXT, generate_examples=False)
@@ -155,7 +174,10 @@ def document_handler(handler: HTTPRouteHandler) -> None:
     if any(require_admin in (layer.guards or ()) for layer in handler.ownership_layers):
         shared[401] = ADMIN_TOKEN_REQUIRED
     if "engine" in handler.parsed_fn_signature.parameters:
-        shared[503] = engine_unavailable(handler.opt.get(UNAVAILABLE_OPT, DEFAULT_UNAVAILABLE_BODY))
+        envelope = envelope_of_handler(handler.opt)
+        body = handler.opt.get(UNAVAILABLE_OPT, envelope.render(ENGINE_NOT_INITIALIZED))
+        shared[503] = (engine_unavailable(body) if isinstance(body, Mapping)
+                       else text("the engine is not initialized (before start, after stop)"))
     if shared:
         handler.responses = {**shared, **(handler.responses or {})}
     if handler.operation_class is Operation:
@@ -315,5 +337,5 @@ __all__ = [
     "ADMIN_TOKEN_REQUIRED", "CACHE_SALT_PATTERN", "CHUNK_HASH_HEX_PATTERN", "JSON", "MODEL_NAME_PATTERN", "MULTIPART",
     "NOT_BLANK", "PY_WHITESPACE", "TEXT", "BodySpec", "DetailBody", "ErrorBody", "QueryOperation", "StatusReasonBody",
     "ValidationErrorBody", "ValidationErrorItem", "any_case", "detail", "document_handler", "engine_unavailable",
-    "envelope_of", "error", "json", "json_body", "multipart_body", "operation", "schema_of", "text",
+    "envelope_of", "error", "failure", "json", "json_body", "multipart_body", "operation", "schema_of", "text",
 ]

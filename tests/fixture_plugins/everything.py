@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import get
@@ -37,6 +37,18 @@ def hello() -> dict[str, str]:
 def lmcache_add_options(parser: Any) -> None:
     group = parser.add_argument_group("fixture-everything", "Options of the fixture plugin.")
     group.add_argument("--fixture-greeting", default="hi", help="a greeting")
+
+
+class EverythingConfig(msgspec.Struct, kw_only=True):
+    """The fixture's config section (``--everything-level``, ``LMCACHE_EVERYTHING_LEVEL``)."""
+
+    level: Annotated[int, msgspec.Meta(ge=1, le=9, description="a level from 1 to 9")] = 3
+    loud: bool = False
+
+
+@hookimpl
+def lmcache_register_config(register: Any) -> None:
+    register("everything", EverythingConfig, prefix="everything-", title="fixture everything")
 
 
 @hookimpl
