@@ -251,6 +251,15 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
             if normal not in self.allowed_roots:
                 self.allowed_roots.append(normal)
 
+    def slot_address(self, device_path: str, slot: int) -> int:
+        """The address of a slot's first byte in the device's current mapping (benchmarks compare raw copies
+        into the same mapping). Valid only while the device stays mapped at this size."""
+        with self._cond:
+            _, device = self._find(device_path)
+            if device.mapping is None or not 0 <= slot < device.n_slots:
+                raise ValueError(f"no slot {slot} on {device_path}")
+            return device.mapping.address + slot * self.slot_bytes
+
     # -- mapping devices -------------------------------------------------------------------
 
     def _map_device(self, path: str, real: str, size_bytes: int, st: os.stat_result | None = None,
@@ -405,8 +414,10 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
         if self.persist:
             self._seal(mapping, slot, key_bytes, data.nbytes)
 
-    def _seal(self, mapping: Mapping, slot: int, key_bytes: bytes, nbytes: int) -> None:
-        crc = layout.payload_crc(mapping, slot * self.slot_bytes + HEADER_BYTES, nbytes)
+    def _seal(self, mapping: Mapping, slot: int, key_bytes: bytes, nbytes: int, crc: int | None = None) -> None:
+        """Write the slot's header (after its payload); ``crc`` of the payload, computed when not given."""
+        if crc is None:
+            crc = layout.payload_crc(mapping, slot * self.slot_bytes + HEADER_BYTES, nbytes)
         header = layout.pack_header(key_bytes, next(self._generation), self.slot_bytes, nbytes, crc)
         layout.write_header(mapping, slot, self.slot_bytes, header)
 
@@ -697,7 +708,8 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
             layout.copy(dst_map.address + slot * self.slot_bytes + self.payload_offset,
                         src_map.address + src_slot * self.slot_bytes + self.payload_offset, nbytes)
             if self.persist:  # a new generation: after a crash this copy wins over the source's
-                self._seal(dst_map, slot, layout.encode_key(key), nbytes)
+                crc = layout.header_payload_crc(src_map, src_slot, self.slot_bytes)
+                self._seal(dst_map, slot, layout.encode_key(key), nbytes, crc)
             ok = True
         finally:
             with self._cond:

@@ -150,6 +150,12 @@ def write_header(mapping: Mapping, slot: int, slot_bytes: int, header: bytes) ->
     ctypes.memmove(base, header, len(MAGIC))
 
 
+def header_payload_crc(mapping: Mapping, slot: int, slot_bytes: int) -> int:
+    """The payload CRC a slot's (valid) header records: a migration copies it rather than recomputing it."""
+    raw = ctypes.string_at(mapping.address + slot * slot_bytes, HEADER.size)
+    return HEADER.unpack(raw)[6]
+
+
 def payload_crc(mapping: Mapping, offset: int, nbytes: int) -> int:
     """crc32 of ``nbytes`` of the mapping at ``offset`` (zero copy; zlib releases the GIL)."""
     buf = (ctypes.c_char * nbytes).from_address(mapping.address + offset)
