@@ -16,7 +16,10 @@ test suite gets these fixtures without importing anything:
 ``lmcache_serve_app``
     ``serve(app) -> base_url``: the same for an ASGI app the test built itself.
 
-Outside pytest, :func:`make_server`, :func:`serving` and :func:`serving_app` do the same.
+Outside pytest, :func:`make_server`, :func:`serving` and :func:`serving_app` do the same;
+:func:`parse_options` parses a command line with a plugin's options. The module imports
+pytest only when pytest is installed (the fixtures need it), so ``lmcache-server bench``,
+which uses the helpers, runs on a plain install.
 """
 
 from __future__ import annotations
@@ -31,10 +34,14 @@ from types import ModuleType
 from typing import Any
 
 import msgspec
-import pytest
 
 from lmcache_core.plugins import PluginHost
 from lmcache_core.server import CacheServer
+
+try:
+    import pytest
+except ImportError:  # a plain install: the helpers work, the fixtures are not defined
+    pytest = None  # type: ignore[assignment]
 
 PluginSpec = ModuleType | tuple[str, object]
 
@@ -76,6 +83,16 @@ def make_server(
     if start:
         server.start()
     return server
+
+
+def parse_options(plugins: Iterable[PluginSpec], argv: list[str], environ: dict[str, str] | None = None
+                  ) -> argparse.Namespace:
+    """``argv`` parsed as ``lmcache-server`` would with the built-ins and ``plugins`` (their config flags
+    included) and ``environ`` as the environment (default: none): pass it as ``options=`` to :func:`make_server`."""
+    from lmcache_core.options import build_parser
+
+    host = PluginHost(load_entry_points=False, extra_plugins=_named(plugins))
+    return build_parser(host, environ=environ or {}).parse_args(argv)
 
 
 class _Uvicorn:
@@ -219,36 +236,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def lmcache_server_factory() -> Iterator[Any]:
-    """Factory for :class:`CacheServer` instances; each is stopped at teardown."""
-    made: list[CacheServer] = []
+if pytest is not None:
 
-    def make(plugins: Iterable[PluginSpec] = (), **kwargs: Any) -> CacheServer:
-        server = make_server(plugins, **kwargs)
-        made.append(server)
-        return server
+    @pytest.fixture
+    def lmcache_server_factory() -> Iterator[Any]:
+        """Factory for :class:`CacheServer` instances; each is stopped at teardown."""
+        made: list[CacheServer] = []
 
-    yield make
-    for server in made:
-        server.stop()
+        def make(plugins: Iterable[PluginSpec] = (), **kwargs: Any) -> CacheServer:
+            server = make_server(plugins, **kwargs)
+            made.append(server)
+            return server
 
-
-@pytest.fixture
-def lmcache_serve_app() -> Iterator[Any]:
-    """``serve(app) -> base_url`` for an app the test built itself (e.g. one without a server on
-    its state, to reach the "not initialized" answers); real HTTP, stopped at teardown."""
-    with contextlib.ExitStack() as stack:
-        yield lambda app: stack.enter_context(serving_app(app))
+        yield make
+        for server in made:
+            server.stop()
 
 
-@pytest.fixture
-def lmcache_http() -> Iterator[Any]:
-    """``serve(server) -> base_url``: real HTTP on 127.0.0.1, stopped at teardown."""
-    stack = contextlib.ExitStack()
+    @pytest.fixture
+    def lmcache_serve_app() -> Iterator[Any]:
+        """``serve(app) -> base_url`` for an app the test built itself (e.g. one without a server on
+        its state, to reach the "not initialized" answers); real HTTP, stopped at teardown."""
+        with contextlib.ExitStack() as stack:
+            yield lambda app: stack.enter_context(serving_app(app))
 
-    def serve(server: CacheServer) -> str:
-        return stack.enter_context(serving(server))
 
-    with stack:
-        yield serve
+    @pytest.fixture
+    def lmcache_http() -> Iterator[Any]:
+        """``serve(server) -> base_url``: real HTTP on 127.0.0.1, stopped at teardown."""
+        stack = contextlib.ExitStack()
+
+        def serve(server: CacheServer) -> str:
+            return stack.enter_context(serving(server))
+
+        with stack:
+            yield serve

@@ -1,63 +1,72 @@
-"""A minimal lmcache-server plugin: one option, one route, one status section.
+"""A minimal lmcache-server plugin: a config section, a typed route, a status section.
 
 Copy this folder, rename ``template``, and keep what you need. Every hook is
 optional; implement only those your plugin needs (``lmcache_core.hookspecs``
-lists them all, ``docs/plugins.md`` explains each).
+lists them all, ``docs/plugins.md`` explains each). Import only from
+``lmcache_core.api``: it is the whole contract.
 """
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Router, get
+from litestar.params import FromPath
 
-from lmcache_core import hookimpl
-from lmcache_core.http.deps import Engine, unavailable_body
-from lmcache_core.server import CacheServer
+from lmcache_core.api import (
+    ERROR,
+    CacheServer,
+    Engine,
+    HTTPError,
+    RegisterConfig,
+    RegisterRoutes,
+    error_envelope,
+    hookimpl,
+    openapi,
+)
 
 CONFIG_NAME = "template"
 
 
 class TemplateConfig(msgspec.Struct, kw_only=True):
-    """This plugin's configuration; registered so ``GET /conf`` shows it."""
+    """This plugin's settings: ``--template-greeting`` / ``LMCACHE_TEMPLATE_GREETING`` and
+    ``--template-max-repeat``, shown by ``GET /conf`` under ``template``."""
 
-    greeting: str = "hello"
+    greeting: Annotated[str, msgspec.Meta(description="what GET /template/greeting says")] = "hello"
+    max_repeat: Annotated[int, msgspec.Meta(ge=1, le=100, description="most repeats GET /template/greeting/{n} "
+                                                                      "answers")] = 3
 
 
 class Greeting(msgspec.Struct):
-    """Response body of ``GET /template/greeting`` (msgspec Structs document themselves in /schema)."""
+    """Response body of ``GET /template/greeting/{times}`` (a Struct documents itself in /schema)."""
 
     greeting: str
     chunk_size: int
 
 
-@get("/greeting", sync_to_thread=False)
-def greeting(engine: Engine) -> Greeting:
-    """Answers with the configured greeting; 503 (this router's envelope) until the engine is ready."""
+@get("/greeting/{times:int}", sync_to_thread=False, summary="The configured greeting, repeated", responses={
+    400: openapi.error("`times` is not between 1 and `--template-max-repeat`")})
+def greeting(engine: Engine, times: FromPath[int]) -> Greeting:
+    """The greeting ``times`` times; 400 when ``times`` is out of range; 503 until the engine is ready."""
     config: TemplateConfig = engine.configs[CONFIG_NAME]  # type: ignore[assignment]
-    return Greeting(greeting=config.greeting, chunk_size=engine.mp_config.chunk_size)
+    if not 1 <= times <= config.max_repeat:
+        raise HTTPError(400, f"times must be between 1 and {config.max_repeat}, got {times}")
+    return Greeting(greeting=" ".join([config.greeting] * times), chunk_size=engine.mp_config.chunk_size)
 
 
 @hookimpl
-def lmcache_add_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("template plugin", "Options of the template plugin.")
-    group.add_argument("--template-greeting", default="hello", help="what GET /template/greeting says")
+def lmcache_register_config(register: RegisterConfig) -> None:
+    register(CONFIG_NAME, TemplateConfig, prefix="template-", title="template plugin")
 
 
 @hookimpl
-def lmcache_register_routes(register: Any) -> None:
-    register(Router(path="/template", route_handlers=[greeting], tags=["template"],
-                    opt=unavailable_body({"error": "engine not initialized"})))
-
-
-@hookimpl
-def lmcache_startup(server: CacheServer) -> None:
-    server.register_config(CONFIG_NAME, TemplateConfig(greeting=server.options.template_greeting))
+def lmcache_register_routes(register: RegisterRoutes) -> None:
+    # Every error of this group (HTTPError, the engine's 503) is {"error": "<message>"}.
+    register(Router(path="/template", route_handlers=[greeting], tags=["template"], opt=error_envelope(ERROR)))
 
 
 @hookimpl
 def lmcache_status(server: CacheServer) -> dict[str, Any]:
-    config = server.configs.get(CONFIG_NAME)
-    return {"template": {"greeting": getattr(config, "greeting", None)}}
+    config: TemplateConfig = server.configs[CONFIG_NAME]  # type: ignore[assignment]
+    return {"template": {"greeting": config.greeting}}
