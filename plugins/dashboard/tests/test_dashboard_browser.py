@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dash_support import Worker, expected_numbers, get_json, make_live, wait_for, workload
+from dash_support import Worker, expected_numbers, get_json, make_live, tokens, wait_for, workload
 
+from lmcache_core.client import make_key
 from lmcache_core.testing import free_port, server_process
 
 DOWN_WITHIN_S = 10.0
@@ -56,12 +57,16 @@ def test_page_matches_status_and_metrics(browser: Any, lmcache_server_factory: A
     try:
         browser.get(f"{url}/dashboard")
         wait_for(lambda: polls(browser) >= 2, "the page to poll")
-        # the workload runs while the page polls a few times, so its charts see traffic
+        # the workload runs while the page polls a few times, so its charts see traffic; a salt with
+        # a quota, and a lookup for a model no worker registered (an error row)
+        server.storage.quotas.set_quota("tenant-a", 4 << 20)
         seen = polls(browser)
         for r in range(400):
             workload(worker, rounds=1, first=r)
-            if polls(browser) >= seen + 4:
+            worker.store(tokens(200_000 + r, 1), salt="tenant-a")
+            if polls(browser) >= seen + 6:
                 break
+        assert worker.client.lookup(make_key(tokens(7, 1), "stray", model_name="unregistered-model")) == 0
         wait_for(lambda: server.storage.l2_adapters[0].usage().total_bytes_used > 0, "the write-behind")
         want = expected_numbers(url)
         start = polls(browser)
@@ -87,8 +92,12 @@ def test_page_matches_status_and_metrics(browser: Any, lmcache_server_factory: A
         assert len(browser.find_elements("css selector", "#thread-table tbody tr")) == len(server.threads.get_all())
         assert "dashboard" in browser.find_element("id", "plugins-loaded").text
         assert browser.find_element("id", "card-fleet").is_displayed() is False  # no peers
+        assert len(browser.find_elements("css selector", "#quota-table tbody tr")) == 2  # tenant-a, _default
+        assert "early exit: no_gpu_context" in browser.find_element("id", "error-table").text
         shot = Path(os.environ.get("LMCACHE_DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
-        browser.set_window_size(1280, 1700)
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, height + 140)  # the window's frame: the page fits whole
+        wait_for(lambda: polls(browser) > start + 1, "a poll at the new size")
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         assert console_errors(browser) == []
     finally:
