@@ -67,3 +67,21 @@ def theirs(tmp_path: Path, peer_python: Path) -> Iterator[Served]:
     zp, hp = free_port(), free_port()
     yield from _serve(peer_server_cmd(peer_python.parent / "lmcache", zp, hp, 1, "--supported-transfer-mode", "auto"),
                       _clean_env(**PEER_ENV), zp, hp, tmp_path / "peer.log")
+
+
+@pytest.fixture(scope="module")
+def ours_module(tmp_path_factory) -> Iterator[Served]:
+    zp, hp = free_port(), free_port()
+    yield from _serve([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
+                       "--http-port", str(hp), "--l1-size-gb", "1", "--log-level", "WARNING"],
+                      _clean_env(), zp, hp, tmp_path_factory.mktemp("ours") / "ours.log")
+
+
+@pytest.fixture(scope="module")
+def theirs_module(tmp_path_factory) -> Iterator[Served]:
+    lmcache = PEER_VENV / "bin" / "lmcache"
+    if not lmcache.exists():
+        pytest.fail(f"no LMCache peer at {PEER_VENV}: make interop installs it")
+    zp, hp = free_port(), free_port()
+    yield from _serve(peer_server_cmd(lmcache, zp, hp, 1, "--supported-transfer-mode", "auto"),
+                      _clean_env(**PEER_ENV), zp, hp, tmp_path_factory.mktemp("theirs") / "peer.log")
