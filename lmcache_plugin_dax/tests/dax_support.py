@@ -14,12 +14,9 @@ import msgspec
 import torch
 
 import lmcache_plugin_dax.plugin as dax_plugin
-from lmcache_core.cli import build_parser
+from lmcache_core.api import L2AdapterContext, ObjectKey
 from lmcache_core.config import MPConfig, StorageManagerConfig
-from lmcache_core.keys import ObjectKey
-from lmcache_core.plugins import PluginHost
-from lmcache_core.storage.l2.base import L2AdapterContext
-from lmcache_core.testing import free_port
+from lmcache_core.testing import free_port, parse_options
 from lmcache_plugin_dax.adapter import DaxL2Adapter
 from lmcache_plugin_dax.config import DaxAdapterConfig
 
@@ -99,8 +96,7 @@ class Live:
 
 
 def options(*argv: str) -> Any:
-    host = PluginHost(load_entry_points=False, extra_plugins=PLUGINS)
-    return build_parser(host, environ={}).parse_args(list(argv))
+    return parse_options(PLUGINS, list(argv))
 
 
 def serve_live(factory: Any, serve: Any, l2: list[dict[str, Any]], *argv: str) -> Iterator[Live]:

@@ -11,7 +11,7 @@ import torch
 from dax_support import MIB, OBJ, SLOT, TIMEOUT, device_file, gb, key, load_equal, make_adapter, make_config, \
     payload, store
 
-from lmcache_core.storage.l2.base import L2AdapterContext
+from lmcache_core.api import L2AdapterContext
 from lmcache_plugin_dax.adapter import DaxL2Adapter
 from lmcache_plugin_dax.layout import HEADER_BYTES
 

@@ -2,7 +2,7 @@
 
 One server, two ``dax`` adapters (real plugins, real files standing in for devices):
 ``dax #0`` has ``hotplug_enabled`` and ``allowed_paths: [<tmp>/devs]`` with ``devs/dax0.0``
-mapped at start, and the launcher flag ``--dax-allowed-path <tmp>/flagged``; ``dax #1``
+mapped at start, and the launcher option ``--dax-allowed-paths <tmp>/flagged``; ``dax #1``
 (hot-plug off) maps ``flagged/dax9.0``. Objects are stored and read
 through the adapters' public futures; every refusal is checked to leave the whole
 ``GET /reconfigure/dax/status`` document as it was.
@@ -37,7 +37,7 @@ def live(lmcache_server_factory: Any, lmcache_http: Any, tmp_path: Path, devs: P
           {"type": "dax", "slot_bytes": SLOT, "device_path": device_file(tmp_path / "flagged", "dax9.0"),
            "max_dax_size_gb": gb(MIB)}]
     yield from serve_live(lmcache_server_factory, lmcache_http, l2,
-                          "--dax-allowed-path", str(tmp_path / "flagged"))
+                          "--dax-allowed-paths", str(tmp_path / "flagged"))
 
 
 def adapter_status(live: Live, index: int = 0) -> dict[str, Any]:

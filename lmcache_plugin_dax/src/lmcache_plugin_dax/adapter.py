@@ -57,11 +57,11 @@ import time
 from collections.abc import Iterable, Mapping as MappingT
 from typing import Any
 
-from lmcache_core.keys import ObjectKey
-from lmcache_core.storage.l2.base import (
+from lmcache_core.api import (
     AdapterUsage,
     L2Adapter,
     L2AdapterContext,
+    ObjectKey,
     Reconfigurable,
     ReconfigureError,
 )
@@ -243,7 +243,7 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
             self._watcher.start()
 
     def allow_paths(self, roots: Iterable[str]) -> None:
-        """Add directories under which ``add`` may map devices (config ``allowed_paths``, ``--dax-allowed-path``)."""
+        """Add directories under which ``add`` may map devices (config ``allowed_paths``, ``--dax-allowed-paths``)."""
         for root in roots:
             if not os.path.isabs(root) or ".." in root.split("/"):
                 raise ValueError(f"an allowed DAX path must be absolute without '..', got {root!r}")

@@ -17,7 +17,7 @@
   and ignores the key (its DAX index is volatile); it is opt-in because each store then
   also computes a CRC32 of the payload.
 * ``allowed_paths`` ([]): directories under which ``add`` may map a path, besides
-  ``/dev/dax*``; the launcher flag ``--dax-allowed-path`` adds more (:mod:`.paths`).
+  ``/dev/dax*``; the launcher option ``--dax-allowed-paths`` adds more (:mod:`.paths`).
 
 ``max_capacity_gb`` is refused: the capacity is the mapped devices' slots.
 """
@@ -28,7 +28,7 @@ import os
 
 import msgspec
 
-from lmcache_core.storage.l2.base import GIB, L2AdapterConfig
+from lmcache_core.api import GIB, L2AdapterConfig
 from lmcache_plugin_dax.layout import HEADER_BYTES
 
 

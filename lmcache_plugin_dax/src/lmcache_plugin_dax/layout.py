@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from lmcache_core.keys import ObjectKey
+from lmcache_core.api import ObjectKey
 
 MAGIC = b"LMCDAX01"
 HEADER = struct.Struct("<8sIIQQQII")

@@ -8,7 +8,7 @@ an arbitrary file into the server. A path is accepted only when
 * it lies under an allowed root both as written and once every symlink is resolved:
   ``/dev/dax*`` (a DAX character device: the final component starts with ``dax``
   directly in ``/dev``) or a directory the operator listed (config ``allowed_paths``
-  and the launcher flag ``--dax-allowed-path``; each root is resolved too), so a
+  and the launcher flag ``--dax-allowed-paths``; each root is resolved too), so a
   symlink inside an allowed root that points out of it is refused;
 * what it resolves to is a regular file or a character device.
 
