@@ -105,9 +105,8 @@ def _unknown(key: str, actions: Mapping[str, argparse.Action]) -> str:
     if guess in actions:
         return f"{message} (keys are option names with '_': {guess!r})"
     close = difflib.get_close_matches(key, list(actions), n=1)
-    if close:
-        return f"{message} (did you mean {close[0]!r}?)"
-    return f"{message} (a plugin's options are keys only while the plugin is loaded)"
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{message} ({hint}a plugin's options are keys only while the plugin is loaded)"
 
 
 def _describe(value: Any) -> str:
