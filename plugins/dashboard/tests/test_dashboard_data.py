@@ -185,7 +185,7 @@ def test_fleet_rows_and_totals(lmcache_server_factory: Any, lmcache_http: Any) -
     hung_url = f"http://127.0.0.1:{hung.getsockname()[1]}"
     try:
         server, port = make_live(lmcache_server_factory, argv=[
-            "--dashboard-peer", peer_url + "/", "--dashboard-peer", closed, "--dashboard-peer", hung_url,
+            "--dashboard-peer", peer_url + "/", closed, f"{hung_url},{peer_url}",  # the last one twice
             "--dashboard-peer-timeout-seconds", "0.5"])
         url = lmcache_http(server)
         worker = Worker(peer_port)
@@ -208,7 +208,7 @@ def test_fleet_rows_and_totals(lmcache_server_factory: Any, lmcache_http: Any) -
         assert totals["requested_tokens_total"] == rows[""]["requested_tokens_total"] + \
             rows[peer_url]["requested_tokens_total"]
         conf = get_json(url, "/conf")["dashboard"]
-        assert conf == {"dashboard_peer": [peer_url, closed, hung_url], "dashboard_peer_timeout_seconds": 0.5}
+        assert conf == {"peer": [peer_url + "/", closed, hung_url, peer_url], "peer_timeout_seconds": 0.5}
     finally:
         hung.close()
 
@@ -243,8 +243,7 @@ def test_peer_that_answers_nonsense_is_down(lmcache_server_factory: Any, lmcache
     peer_url = lmcache_serve_app(Litestar([not_a_node]))
     starting, _ = make_live(lmcache_server_factory, start=False)
     starting_url = lmcache_http(starting)
-    server, _ = make_live(lmcache_server_factory, argv=["--dashboard-peer", peer_url,
-                                                        "--dashboard-peer", starting_url])
+    server, _ = make_live(lmcache_server_factory, argv=["--dashboard-peer", peer_url, starting_url])
     url = lmcache_http(server)
     nodes = get_json(url, "/dashboard/fleet")["nodes"]
     assert (nodes[1]["state"], nodes[1]["error"]) == ("down", "unexpected answer: not a JSON object")
@@ -267,14 +266,33 @@ def test_bad_peer_timeout_is_a_usage_error(bad: str) -> None:
     assert exc.value.code == 2
 
 
-def test_peers_from_the_environment() -> None:
+def test_peers_from_the_environment(lmcache_server_factory: Any) -> None:
     from lmcache_core.cli import build_parser
     from lmcache_core.plugins import PluginHost
     from dash_support import plugin_specs
 
     host = PluginHost(load_entry_points=False, extra_plugins=plugin_specs())
-    env = {"LMCACHE_DASHBOARD_PEER": "http://10.0.0.1:8080,http://10.0.0.2:8080/"}
+    env = {"LMCACHE_DASHBOARD_PEER": "http://10.0.0.1:8080, http://10.0.0.2:8080/",
+           "LMCACHE_DASHBOARD_PEER_TIMEOUT_SECONDS": "2.5"}
     args = build_parser(host, environ=env).parse_args([])
-    assert args.dashboard_peer == ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]
-    args = build_parser(host, environ=env).parse_args(["--dashboard-peer", "http://h:1"])
-    assert args.dashboard_peer == ["http://10.0.0.1:8080", "http://10.0.0.2:8080", "http://h:1"]
+    assert (args.dashboard_peer, args.dashboard_peer_timeout_seconds) == (
+        ["http://10.0.0.1:8080", "http://10.0.0.2:8080/"], 2.5)
+    # a flag beats its variable
+    assert build_parser(host, environ=env).parse_args(["--dashboard-peer", "http://h:1"]).dashboard_peer == \
+        ["http://h:1"]
+    # the server names them without the trailing slash (how a row and /dashboard/data show them)
+    server, _ = make_live(lmcache_server_factory, argv=["--dashboard-peer", "http://10.0.0.2:8080/", "https://[::1]"])
+    assert server.configs["dashboard"].peer == ["http://10.0.0.2:8080/", "https://[::1]"]
+    from lmcache_plugin_dashboard.plugin import _snapshot
+    assert _snapshot(server).peers == ["http://10.0.0.2:8080", "https://[::1]"]
+
+
+def test_bad_environment_value_names_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    from lmcache_core.cli import build_parser
+    from lmcache_core.plugins import PluginHost
+    from dash_support import plugin_specs
+
+    host = PluginHost(load_entry_points=False, extra_plugins=plugin_specs())
+    with pytest.raises(SystemExit) as exc:
+        build_parser(host, environ={"LMCACHE_DASHBOARD_PEER": "ftp://nope"}).parse_args([])
+    assert exc.value.code == 2 and "LMCACHE_DASHBOARD_PEER" in capsys.readouterr().err

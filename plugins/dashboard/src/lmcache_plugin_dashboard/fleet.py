@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -67,20 +66,17 @@ class FleetData(msgspec.Struct):
     totals: FleetTotals
 
 
-def parse_peer_url(text: str) -> str:
-    """A ``--dashboard-peer`` value: an ``http(s)://host[:port][/prefix]`` base URL, without a trailing ``/``."""
-    value = text.strip()
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises ValueError for a port out of range or not a number
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{text!r} is not an http:// or https:// URL with a host")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{text!r}: a peer URL has no query, fragment or credentials")
-    del port
-    return value.rstrip("/")
+_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
+PEER_URL = msgspec.Meta(
+    pattern=rf"^https?://(\[[0-9A-Fa-f:.]+\]|[^/?#@\s:\[\]]+)(:{_PORT})?(/[^?#\s]*)?$",
+    description="an http(s):// base URL with a host, an optional port (1-65535) and path; "
+                "no query, fragment or credentials")
+"""What ``--dashboard-peer`` accepts (checked when the options are parsed: a usage error otherwise)."""
+
+
+def normalized_peer_url(url: str) -> str:
+    """A peer URL as the fleet view names it: without a trailing ``/``."""
+    return url.rstrip("/")
 
 
 def _down(url: str, error: str | None, latency_ms: float | None = None) -> FleetNode:

@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import Histogram
 
-from lmcache_core.transport.wire import Op
+from lmcache_core.api import Op
 
 WINDOW = 4096
 HORIZON_S = 60.0

@@ -12,8 +12,9 @@
 ``GET /dashboard/fleet``
     This node and every ``--dashboard-peer`` (see :mod:`lmcache_plugin_dashboard.fleet`).
 
-Options: ``--dashboard-peer URL`` (repeatable; ``LMCACHE_DASHBOARD_PEER``, comma-separated) and
-``--dashboard-peer-timeout-seconds`` (``LMCACHE_DASHBOARD_PEER_TIMEOUT_SECONDS``, default 1).
+Options (:class:`DashboardConfig`, declared with ``lmcache_register_config``): ``--dashboard-peer URL``
+(repeatable, or several separated by commas; ``LMCACHE_DASHBOARD_PEER``) and
+``--dashboard-peer-timeout-seconds`` (``LMCACHE_DASHBOARD_PEER_TIMEOUT_SECONDS``, default 1, at most 60).
 Shown in ``/conf`` as the ``dashboard`` section.
 
 Guards: none of these routes is guarded by ``--http-admin-token``: they are reads, like
@@ -23,23 +24,28 @@ only sent to peers.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.resources
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated
 
 import anyio
 import msgspec
 from litestar import MediaType, Response, Router, get
 from litestar.openapi.datastructures import ResponseSpec
 
-from lmcache_core import hookimpl
-from lmcache_core.http import openapi
-from lmcache_core.http.deps import Engine, Server, unavailable_body
-from lmcache_core.server import CacheServer
+from lmcache_core.api import (
+    CacheServer,
+    Engine,
+    RegisterConfig,
+    RegisterRoutes,
+    Server,
+    hookimpl,
+    openapi,
+    unavailable_body,
+)
 from lmcache_plugin_dashboard import exporter, fleet, snapshot
 from lmcache_plugin_dashboard.latency import LookupTimer
 
@@ -49,17 +55,27 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 class DashboardConfig(msgspec.Struct, kw_only=True):
-    """``/conf`` section ``dashboard``."""
+    """``--dashboard-peer`` / ``LMCACHE_DASHBOARD_PEER`` and ``--dashboard-peer-timeout-seconds``;
+    ``GET /conf`` shows them under ``dashboard``."""
 
-    dashboard_peer: list[str] = msgspec.field(default_factory=list)
-    dashboard_peer_timeout_seconds: float = fleet.DEFAULT_TIMEOUT_S
+    peer: Annotated[list[Annotated[str, fleet.PEER_URL]], msgspec.Meta(
+        description="another lmcache-server node's HTTP base URL (http(s)://host[:port][/prefix]), shown in the "
+                    "fleet view; repeatable, or several separated by commas",
+        extra={"metavar": "URL"})] = msgspec.field(default_factory=list)
+    peer_timeout_seconds: Annotated[float, msgspec.Meta(
+        gt=0, le=60, description="how long the fleet view waits for one peer (connecting and answering)")] = \
+        fleet.DEFAULT_TIMEOUT_S
 
 
 @dataclass
 class _NodeState:
     config: DashboardConfig
+    peers: list[str] = field(init=False)
     started: float = field(default_factory=time.monotonic)
     timer: LookupTimer = field(default_factory=LookupTimer)
+
+    def __post_init__(self) -> None:
+        self.peers = _peers(self.config)
 
 
 _STATES: weakref.WeakKeyDictionary[CacheServer, _NodeState] = weakref.WeakKeyDictionary()
@@ -74,41 +90,23 @@ SCRIPT = _asset("dashboard.js")
 STYLE = _asset("dashboard.css")
 
 
-# -- options -------------------------------------------------------------------------------
-
-
-def _peer_url(text: str) -> str:
-    try:
-        return fleet.parse_peer_url(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"{value} must be > 0 and <= 60 seconds")
-    return value
+# -- configuration -------------------------------------------------------------------------
 
 
 @hookimpl
-def lmcache_add_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("dashboard plugin", "GET /dashboard: the live page and its fleet view.")
-    group.add_argument("--dashboard-peer", type=_peer_url, action="append", default=[], metavar="URL",
-                       help="another lmcache-server node's HTTP base URL, shown in the fleet view; repeatable "
-                            "(env: comma-separated)")
-    group.add_argument("--dashboard-peer-timeout-seconds", type=_timeout, default=fleet.DEFAULT_TIMEOUT_S,
-                       help="how long the fleet view waits for one peer")
+def lmcache_register_config(register: RegisterConfig) -> None:
+    register(CONFIG_NAME, DashboardConfig, prefix="dashboard-", title="dashboard plugin",
+             description="GET /dashboard: the live page and its fleet view.")
 
 
 def _config(server: CacheServer) -> DashboardConfig:
-    options = server.options
-    peers = list(dict.fromkeys(getattr(options, "dashboard_peer", None) or []))  # once each, in order
-    timeout = getattr(options, "dashboard_peer_timeout_seconds", fleet.DEFAULT_TIMEOUT_S)
-    return DashboardConfig(dashboard_peer=peers, dashboard_peer_timeout_seconds=timeout)
+    config = server.configs.get(CONFIG_NAME)
+    return config if isinstance(config, DashboardConfig) else DashboardConfig()
+
+
+def _peers(config: DashboardConfig) -> list[str]:
+    """The peer URLs without a trailing ``/``, each once, in order."""
+    return list(dict.fromkeys(fleet.normalized_peer_url(url) for url in config.peer))
 
 
 # -- lifecycle -----------------------------------------------------------------------------
@@ -116,10 +114,7 @@ def _config(server: CacheServer) -> DashboardConfig:
 
 @hookimpl
 def lmcache_startup(server: CacheServer) -> None:
-    config = _config(server)
-    if CONFIG_NAME not in server.configs:
-        server.register_config(CONFIG_NAME, config)
-    state = _NodeState(config)
+    state = _NodeState(_config(server))
     obs = server.configs.get("observability")
     if not getattr(obs, "disable_metrics", False):
         if server.zmq is not None:
@@ -177,7 +172,7 @@ def style() -> Response[bytes]:
 def _snapshot(server: CacheServer) -> snapshot.DashboardData:
     state = _state(server)
     return snapshot.build(server, started=state.started, latency=state.timer.percentiles(),
-                          peers=state.config.dashboard_peer)
+                          peers=state.peers)
 
 
 @get("/dashboard/data", sync_to_thread=True, summary="One snapshot for the dashboard",
@@ -207,7 +202,7 @@ async def fleet_view(server: Server) -> fleet.FleetData:
 
     token = server.http_config.http_admin_token or None
     own_row, peer_rows = await asyncio.gather(
-        own(), fleet.fetch_peers(config.dashboard_peer, config.dashboard_peer_timeout_seconds, token))
+        own(), fleet.fetch_peers(state.peers, config.peer_timeout_seconds, token))
     nodes = [own_row, *peer_rows]
     return fleet.FleetData(nodes=nodes, totals=fleet.totals(nodes))
 
@@ -217,5 +212,5 @@ router = Router(path="/", route_handlers=[page, script, style, data, fleet_view]
 
 
 @hookimpl
-def lmcache_register_routes(register: Any) -> None:
+def lmcache_register_routes(register: RegisterRoutes) -> None:
     register(router)

@@ -31,15 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from lmcache_core import buildinfo
-from lmcache_core.http import metrics as http_metrics
-from lmcache_core.storage import metrics as l1_metrics
-from lmcache_core.storage.l2 import metrics as l2_metrics
-from lmcache_core.transport import metrics as dp_metrics
-from lmcache_core.transport.zmq_server import ZMQ_REQUESTS
+from lmcache_core.api import ZMQ_REQUESTS, full_version, http_metrics, l1_metrics, l2_metrics
+from lmcache_core.api import datapath_metrics as dp_metrics
 
 if TYPE_CHECKING:
-    from lmcache_core.server import CacheServer
+    from lmcache_core.api import CacheServer
 
 MAX_QUOTA_ROWS = 64
 """Salts shown (those with a quota first, then by usage); ``/quota`` has the full list."""
@@ -294,7 +290,7 @@ def build(server: CacheServer, *, started: float, latency: tuple[float | None, f
         state="ready",
         node=node_name(server),
         healthy=server.ready and (eviction_thread is None or eviction_thread.is_running) and all(a.healthy for a in l2.adapters),
-        version=buildinfo.full_version(),
+        version=full_version(),
         time=time.time(),
         uptime_seconds=max(0.0, time.monotonic() - started),
         metrics_enabled=not getattr(obs, "disable_metrics", False),
