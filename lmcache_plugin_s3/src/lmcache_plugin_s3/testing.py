@@ -4,6 +4,9 @@
   given one so it can be stopped and started again where clients expect it).
   ``moto[server]`` is in this plugin's ``test`` extra.
 * :class:`HungEndpoint` accepts TCP connections and never answers: S3 hanging.
+* :class:`Worker` plays a vLLM worker against a server (ours or LMCache's): a small
+  CPU KV cache, deterministic contents per sequence, STORE / LOOKUP / RETRIEVE.
+* :func:`serve_cmd` is the ``lmcache-server`` command line with an s3 L2.
 * :func:`hosts_namespace_cmd` wraps a command so it runs in a private mount
   namespace whose ``/etc/hosts`` maps ``<bucket>.localhost`` to 127.0.0.1: how a
   virtual-hosted client (LMCache's adapter, or ours with the default style) reaches
@@ -26,6 +29,28 @@ from lmcache_core.testing import free_port, stop_process_group, wait_http
 ACCESS_KEY = "testing-access-key"
 SECRET_KEY = "testing-secret-key"
 REGION = "us-east-1"
+
+
+def stable_port() -> int:
+    """A free 127.0.0.1 port *below* the ephemeral range, for a server that is stopped and started again.
+
+    A port :func:`~lmcache_core.testing.free_port` hands out is ephemeral: while the server
+    is down, the kernel may give that very port to an outgoing connection (any process's,
+    or a client's own connect to it: a TCP self-connect), and "S3 is down" stops being
+    true. Ports under the range are never picked by the kernel.
+    """
+    import random
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    for port in random.Random().sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class MotoS3:
@@ -127,6 +152,107 @@ class HungEndpoint:
             conn.close()
 
 
+CHUNK, BLOCK = 256, 16
+BPC = CHUNK // BLOCK
+KV_SHAPE = (2, 128, BLOCK, 2, 8)  # NHD: (K/V, blocks, block size, heads, head size): 2 KiB fp16 per block
+KV_LAYERS = 2
+
+
+def tokens_for(seq: int, chunks: int) -> list[int]:
+    """``chunks`` full chunks of token ids that differ from every other ``seq``'s."""
+    return [(seq * 100_003 + i * 7) % 50_000 for i in range(chunks * CHUNK)]
+
+
+class Worker:
+    """A vLLM worker stand-in speaking the real wire protocol (our client drives either server)."""
+
+    def __init__(self, zmq_url: str, instance_id: int, model: str, *, timeout_s: float = 30.0) -> None:
+        import torch
+
+        from lmcache_core.client import LMCacheClient
+        from lmcache_core.transfer.client_kv import WorkerKVCache
+
+        self._torch = torch
+        self.model = model
+        self.instance_id = instance_id
+        self.kv = WorkerKVCache(KV_LAYERS, KV_SHAPE)
+        self.client = LMCacheClient(zmq_url, timeout_s=timeout_s)
+        self.client.register_kv_cache(instance_id, self.kv.descriptors(), model, 1, {"kv_layout": "NHD"})
+        self._n = 0
+
+    def _request(self, what: str) -> str:
+        self._n += 1
+        return f"{what}-{self.instance_id}-{self._n}"
+
+    def fill(self, seq: int, chunks: int) -> list[Any]:
+        """Seeded KV for ``seq`` in blocks ``[0, chunks*BPC)``; the bytes it wrote (as int16, NaN-safe)."""
+        gen = self._torch.Generator().manual_seed(seq)
+        out = []
+        for layer in self.kv.layers:
+            part = layer[:, :chunks * BPC].view(self._torch.int16)
+            part.random_(generator=gen)
+            out.append(part.clone())
+        return out
+
+    def store(self, seq: int, chunks: int) -> tuple[bool, list[Any]]:
+        from lmcache_core.client import make_key
+
+        stored = self.fill(seq, chunks)
+        rid = self._request("store")
+        _, ok = self.client.store(make_key(tokens_for(seq, chunks), rid, model_name=self.model, worker_id=0),
+                                  self.instance_id, [list(range(chunks * BPC))])
+        self.client.end_session(rid)
+        return bool(ok), stored
+
+    def lookup(self, seq: int, chunks: int) -> int:
+        """LOOKUP hits (chunks), prefetching from L2 what L1 lacks; the session is ended."""
+        from lmcache_core.client import make_key
+
+        rid = self._request("lookup")
+        hits = self.client.lookup(make_key(tokens_for(seq, chunks), rid, model_name=self.model))
+        self.client.end_session(rid)
+        return hits
+
+    def lookup_retrieve(self, seq: int, chunks: int) -> tuple[int, bool, list[Any]]:
+        """LOOKUP then RETRIEVE into zeroed blocks: (hits, ok, the retrieved bytes as int16)."""
+        from lmcache_core.client import make_key
+
+        for layer in self.kv.layers:
+            layer.zero_()
+        rid = self._request("read")
+        hits = self.client.lookup(make_key(tokens_for(seq, chunks), rid, model_name=self.model))
+        ok = False
+        if hits == chunks:
+            _, ok = self.client.retrieve(make_key(tokens_for(seq, chunks), rid, model_name=self.model, worker_id=0),
+                                         self.instance_id, [list(range(chunks * BPC))])
+        self.client.end_session(rid)
+        got = [layer[:, :chunks * BPC].view(self._torch.int16).clone() for layer in self.kv.layers]
+        return hits, bool(ok), got
+
+    def close(self) -> None:
+        try:
+            self.client.unregister_kv_cache(self.instance_id)
+        finally:
+            self.client.close()
+            self.kv.close()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without ``LMCACHE_*`` (a developer's shell must not change what is tested)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
+    env.update(extra)
+    return env
+
+
+def serve_cmd(zmq_port: int, http_port: int, adapter: dict[str, Any], *extra: str) -> list[str]:
+    """``lmcache-server`` on 127.0.0.1 with one L2 adapter (as JSON) and ``extra`` flags."""
+    import json
+
+    return [sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zmq_port),
+            "--http-port", str(http_port), "--l1-size-gb", "1", "--log-level", "WARNING",
+            "--l2-adapter", json.dumps(adapter), *extra]
+
+
 def hosts_namespace_cmd(cmd: list[str], hosts_file: Path, names: list[str]) -> list[str]:
     """``cmd`` in a private mount namespace whose ``/etc/hosts`` also maps each of ``names`` to 127.0.0.1."""
     base = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else ""
@@ -140,5 +266,5 @@ def namespaces_available() -> bool:
     return os.geteuid() == 0 and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
-__all__ = ["ACCESS_KEY", "REGION", "SECRET_KEY", "HungEndpoint", "MotoS3", "hosts_namespace_cmd",
-           "namespaces_available"]
+__all__ = ["stable_port", "ACCESS_KEY", "REGION", "SECRET_KEY", "HungEndpoint", "MotoS3", "Worker", "clean_env",
+           "hosts_namespace_cmd", "namespaces_available", "serve_cmd", "tokens_for"]
