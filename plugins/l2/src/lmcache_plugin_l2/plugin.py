@@ -77,32 +77,37 @@ Decisions where the seed is silent
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from typing import Annotated, Any
 
-import anyio
 import msgspec
-from litestar import Request, Response, Router, delete, get, post
-from litestar.params import FromPath, QueryParameter
+from litestar import Router, delete, get, post
+from litestar.params import FromPath, QueryParameter, RawBody
 
-from lmcache_core import hookimpl
-from lmcache_core.cli import POSITIVE_FLOAT, POSITIVE_INT
-from lmcache_core.http import openapi
-from lmcache_core.http.deps import Engine, unavailable_body
-from lmcache_core.http.guard import require_admin
-from lmcache_core.keys import (
+from lmcache_core.api import (
+    DEFAULT_WARM_JOB_MAX_COMPLETED,
+    DEFAULT_WARM_JOB_TTL_S,
+    DETAIL,
+    CacheServer,
     EncodedObjectKey,
+    Engine,
+    EngineUnavailable,
+    HTTPError,
     InvalidKeyError,
+    L2Adapter,
     ObjectKey,
+    RegisterConfig,
+    RegisterRoutes,
+    error_envelope,
+    hookimpl,
     kv_ranks_for_world,
+    openapi,
+    require_admin,
+    safe_text,
     validate_cache_salt,
     validate_model_name,
 )
-from lmcache_core.server import CacheServer
-from lmcache_core.storage.l2.base import L2Adapter
-from lmcache_core.storage.l2.prefetch_controller import DEFAULT_WARM_JOB_MAX_COMPLETED, DEFAULT_WARM_JOB_TTL_S
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +117,18 @@ MIN_PAGE_SIZE, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1, 5000, 500
 MAX_PREFETCH_TOKENS = 1_000_000
 # 1,000,000 ten-digit token ids with separators is ~11 MB, over Litestar's 10 MB default.
 MAX_BODY_BYTES = 32 << 20
-NOT_READY = "engine not initialized"
 NO_ADAPTERS = "no L2 adapters configured"
-
-Answer = tuple[int, Any]
-"""``(status, body)`` computed off the event loop."""
 
 
 class L2RoutesConfig(msgspec.Struct, kw_only=True):
-    """The l2 route plugin's settings (``GET /conf`` shows them under ``l2_routes``)."""
+    """The l2 route plugin's settings (``--l2-warm-job-*``; ``GET /conf`` shows them under ``l2_routes``)."""
 
-    warm_job_ttl_seconds: float = DEFAULT_WARM_JOB_TTL_S
-    warm_job_max_completed: int = DEFAULT_WARM_JOB_MAX_COMPLETED
+    warm_job_ttl_seconds: Annotated[float, msgspec.Meta(
+        gt=0, description="forget a completed warm prefetch (POST /l2/prefetch) this long after it completed "
+                          "if nobody polled it")] = DEFAULT_WARM_JOB_TTL_S
+    warm_job_max_completed: Annotated[int, msgspec.Meta(
+        ge=1, description="keep at most this many unpolled completed warm prefetch results (oldest go first)"
+    )] = DEFAULT_WARM_JOB_MAX_COMPLETED
 
 
 # -- bodies -------------------------------------------------------------------------------
@@ -172,10 +177,10 @@ class KeyPageResponse(msgspec.Struct):
     next_page_token: str | None
 
 
-# -- what the OpenAPI document says (the handlers build these answers as dicts) ----------------
+# -- answers (what the handlers return, and what the OpenAPI document shows) -------------------
 
 
-class DeleteResult(msgspec.Struct):
+class DeleteResult(msgspec.Struct, omit_defaults=True):
     """``DELETE /l2`` 200: ``ok`` false with ``error`` when the adapter failed to delete some keys."""
 
     requested: int
@@ -184,15 +189,15 @@ class DeleteResult(msgspec.Struct):
     error: str | None = None
 
 
-class PrefetchSubmitted(msgspec.Struct):
+class PrefetchSubmitted(msgspec.Struct, kw_only=True, omit_defaults=True):
     """``POST /l2/prefetch`` 202: ``status`` ``submitted`` with a ``request_id``, or ``noop`` (no full chunk)."""
 
+    request_id: str | None = None
     chunks: int
     status: str
-    request_id: str | None = None
 
 
-class PrefetchState(msgspec.Struct):
+class PrefetchState(msgspec.Struct, omit_defaults=True):
     """``GET /l2/prefetch/{request_id}`` 200: ``pending``, or ``completed`` with the counts (answered once)."""
 
     status: str
@@ -244,15 +249,6 @@ PAGE_SIZE_PATTERN = (f"^({openapi.PY_WHITESPACE}*\\+?(0{{0,8}}[1-9]|0{{0,7}}[1-9
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _text(value: str) -> str:
-    """``value`` with anything UTF-8 cannot carry (lone surrogates) escaped, so JSON can hold it."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _error(status: int, message: str) -> Answer:
-    return status, {"detail": _text(message)}
-
-
 def _json_safe(entry: KeyEntryBody) -> bool:
     try:
         entry.key.model_name.encode("utf-8")
@@ -268,20 +264,24 @@ def _decode(raw: bytes, body_type: type[Any]) -> Any:
     return msgspec.json.decode(raw, type=body_type)
 
 
-def _shape_error(exc: Exception) -> Answer:
-    return _error(422, f"invalid request body: {exc}")
+def _body(raw: bytes, body_type: type[Any]) -> Any:
+    """:func:`_decode`, or the 422 ``invalid request body: ...``."""
+    try:
+        return _decode(raw, body_type)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise HTTPError(422, f"invalid request body: {exc}") from None
 
 
-def _resolve(server: CacheServer, selector: str | None) -> L2Adapter | Answer:
-    """The adapter ``?adapter=`` names (the primary when None), or the 503/404 answer."""
+def _resolve(server: CacheServer, selector: str | None) -> L2Adapter:
+    """The adapter ``?adapter=`` names (the primary when None); 503 or 404 otherwise."""
     storage = server.storage
     if storage is None:
-        return _error(503, NOT_READY)
+        raise EngineUnavailable()
     if not storage.l2_adapters:
-        return _error(503, NO_ADAPTERS)
+        raise HTTPError(503, NO_ADAPTERS)
     adapter = storage.find_l2_adapter(selector)
     if adapter is None:
-        return _error(404, f"no L2 adapter with type_name={selector!r}")
+        raise HTTPError(404, f"no L2 adapter with type_name={selector!r}")
     return adapter
 
 
@@ -302,11 +302,6 @@ def _page_size(text: str | None) -> int | None:
     return value if MIN_PAGE_SIZE <= value <= MAX_PAGE_SIZE else None
 
 
-async def _off_loop(fn: Any, *args: Any) -> Response[Any]:
-    status, body = await anyio.to_thread.run_sync(fn, *args)
-    return Response(body, status_code=status)
-
-
 # -- GET /l2/adapters ---------------------------------------------------------------------
 
 
@@ -320,38 +315,7 @@ def list_adapters(engine: Engine) -> AdaptersResponse:
 # -- DELETE /l2 ---------------------------------------------------------------------------
 
 
-def _delete(server: CacheServer, raw: bytes, selector: str | None) -> Answer:
-    try:
-        body = _decode(raw, DeleteKeysRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return _shape_error(exc)
-    requested = len(body.keys)
-    if requested > MAX_DELETE_KEYS:
-        return _error(400, f"too many keys in a single request (limit={MAX_DELETE_KEYS}, got={requested})")
-    keys: list[ObjectKey] = []
-    for i, encoded in enumerate(body.keys):
-        try:
-            keys.append(encoded.to_object_key())
-        except InvalidKeyError as exc:
-            return _error(400, f"keys[{i}]: {exc}")
-    adapter = _resolve(server, selector)
-    if not isinstance(adapter, L2Adapter):
-        return adapter
-    answer: dict[str, Any] = {"requested": requested, "adapter": adapter.type_name, "ok": True}
-    try:
-        report = adapter.delete_report(keys).result()
-    except Exception as exc:  # closed adapter, or one whose delete raised as a whole
-        logger.warning("DELETE /l2 on %s failed: %s", adapter.l2_name, exc)
-        return 200, {**answer, "ok": False, "error": _text(f"{type(exc).__name__}: {exc}")}
-    if report.failed:
-        key, reason = report.failed[0]
-        return 200, {**answer, "ok": False, "error": _text(
-            f"{len(report.failed)} of {requested} keys could not be deleted; first: "
-            f"chunk_hash_hex={key.chunk_hash.hex()} model_name={key.model_name!r}: {reason}")}
-    return 200, answer
-
-
-@delete("/", status_code=200, guards=[require_admin], request_max_body_size=MAX_BODY_BYTES,
+@delete("/", status_code=200, sync_to_thread=True, guards=[require_admin], request_max_body_size=MAX_BODY_BYTES,
         summary="Delete keys from one L2 adapter",
         operation_class=openapi.operation(body=openapi.json_body(DeleteKeysBody)), responses={
             200: openapi.json(DeleteResult, "the adapter ran the delete (absent and locked keys are skipped)"),
@@ -359,48 +323,66 @@ def _delete(server: CacheServer, raw: bytes, selector: str | None) -> Answer:
             404: UNKNOWN_ADAPTER,
             422: openapi.detail("the body is not `{\"keys\": [EncodedObjectKey, ...]}`"),
             503: NOT_READY_OR_NO_ADAPTERS})
-async def delete_keys(
+def delete_keys(
     engine: Engine,
-    request: Request[Any, Any, Any],
+    body: RawBody,
     adapter: Annotated[str | None, QueryParameter(description="type_name of the adapter (default: primary)")] = None,
-) -> Response[Any]:
+) -> DeleteResult:
     """Delete ``{"keys": [EncodedObjectKey...]}`` (at most 10,000) from one adapter; locked keys stay."""
-    raw = await request.body()
-    return await _off_loop(_delete, engine, raw, _present(adapter))
+    request = _body(body, DeleteKeysRequest)
+    requested = len(request.keys)
+    if requested > MAX_DELETE_KEYS:
+        raise HTTPError(400, f"too many keys in a single request (limit={MAX_DELETE_KEYS}, got={requested})")
+    keys: list[ObjectKey] = []
+    for i, encoded in enumerate(request.keys):
+        try:
+            keys.append(encoded.to_object_key())
+        except InvalidKeyError as exc:
+            raise HTTPError(400, f"keys[{i}]: {exc}") from None
+    target = _resolve(engine, _present(adapter))
+    try:
+        report = target.delete_report(keys).result()
+    except Exception as exc:  # closed adapter, or one whose delete raised as a whole
+        logger.warning("DELETE /l2 on %s failed: %s", target.l2_name, exc)
+        return DeleteResult(requested, target.type_name, False, safe_text(f"{type(exc).__name__}: {exc}"))
+    if report.failed:
+        key, reason = report.failed[0]
+        return DeleteResult(requested, target.type_name, False, safe_text(
+            f"{len(report.failed)} of {requested} keys could not be deleted; first: "
+            f"chunk_hash_hex={key.chunk_hash.hex()} model_name={key.model_name!r}: {reason}"))
+    return DeleteResult(requested, target.type_name, True)
 
 
 # -- GET /l2/keys -------------------------------------------------------------------------
 
 
 def _list(server: CacheServer, selector: str | None, model_name: str | None, page_size: int,
-          page_token: str | None) -> Answer:
+          page_token: str | None) -> KeyPageResponse:
     adapter = _resolve(server, selector)
-    if not isinstance(adapter, L2Adapter):
-        return adapter
     try:
         page = adapter.list_keys(model_name, page_size, page_token)
     except NotImplementedError as exc:  # ListingNotSupported
-        return _error(501, f"L2 adapter {adapter.type_name!r} does not support listing: {exc}")
+        raise HTTPError(501, f"L2 adapter {adapter.type_name!r} does not support listing: {exc}") from None
     except ValueError as exc:
-        return _error(400, f"malformed page_token for L2 adapter {adapter.type_name!r}: {exc}")
+        raise HTTPError(400, f"malformed page_token for L2 adapter {adapter.type_name!r}: {exc}") from None
     except Exception as exc:
         logger.warning("GET /l2/keys on %s failed: %s", adapter.l2_name, exc)
-        return _error(503, f"L2 adapter {adapter.type_name!r} failed to list: {type(exc).__name__}: {exc}")
+        raise HTTPError(503, f"L2 adapter {adapter.type_name!r} failed to list: {type(exc).__name__}: {exc}") from None
     entries = [KeyEntryBody(e.key, e.size_bytes) for e in page.entries]
     safe = [e for e in entries if _json_safe(e)]
-    return 200, KeyPageResponse(adapter.type_name, safe, page.next_page_token)
+    return KeyPageResponse(adapter.type_name, safe, page.next_page_token)
 
 
 # Positive data: page_token is opaque (only the tokens a page hands out are valid), so the conformance test does
 # not expect every string to be accepted.
-@get("/keys", summary="Page through the keys resident in one L2 adapter", responses={
+@get("/keys", sync_to_thread=True, summary="Page through the keys resident in one L2 adapter", responses={
     200: openapi.json(KeyPageResponse, "one page; `next_page_token` is null when the listing is done"),
     400: openapi.detail("a malformed `page_token`, or a `model_name` no key can have"),
     404: UNKNOWN_ADAPTER,
     422: openapi.detail(f"`page_size` is not an integer in [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]"),
     501: openapi.detail("the adapter's type cannot list its keys"),
     503: openapi.detail("the engine is not initialized, no L2 adapter is configured, or the adapter failed to list")})
-async def list_keys(
+def list_keys(
     engine: Engine,
     adapter: Annotated[str | None, QueryParameter(description="type_name of the adapter (default: primary)")] = None,
     model_name: Annotated[str | None, QueryParameter(description="only keys of this model",
@@ -408,19 +390,18 @@ async def list_keys(
     page_size: Annotated[str | None, QueryParameter(description="entries per page, 1..5000 (default 500)",
                                                     schema_extra={"pattern": PAGE_SIZE_PATTERN})] = None,
     page_token: Annotated[str | None, QueryParameter(description="next_page_token of the previous page")] = None,
-) -> Response[Any]:
+) -> KeyPageResponse:
     """One page of ``{"key", "size_bytes"}`` entries; ``next_page_token`` null when done."""
     size = _page_size(page_size)
     if size is None:
-        return Response({"detail": f"page_size must be an integer in [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]"},
-                        status_code=422)
+        raise HTTPError(422, f"page_size must be an integer in [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]")
     model = _present(model_name)
     if model is not None:
         try:
             validate_model_name(model)
         except InvalidKeyError as exc:
-            return Response({"detail": _text(str(exc))}, status_code=400)
-    return await _off_loop(_list, engine, _present(adapter), model, size, _present(page_token))
+            raise HTTPError(400, str(exc)) from None
+    return _list(engine, _present(adapter), model, size, _present(page_token))
 
 
 # -- POST /l2/prefetch, GET /l2/prefetch/{request_id} ----------------------------------------
@@ -433,42 +414,7 @@ def _object_nbytes(server: CacheServer, model_name: str, world_size: int) -> int
     return datapath.object_nbytes_for(model_name, world_size) if datapath is not None else None
 
 
-def _warm(server: CacheServer, raw: bytes) -> Answer:
-    try:
-        body = _decode(raw, WarmPrefetchRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return _shape_error(exc)
-    if len(body.token_ids) > MAX_PREFETCH_TOKENS:
-        return _error(400, f"token_ids exceeds the per-request cap (limit={MAX_PREFETCH_TOKENS}, "
-                           f"got={len(body.token_ids)})")
-    try:
-        validate_model_name(body.model_name)
-        validate_cache_salt(body.cache_salt)
-    except InvalidKeyError as exc:
-        return _error(400, str(exc))
-    storage = server.storage
-    if storage is None:
-        return _error(503, NOT_READY)
-    jobs = storage.warm_jobs
-    if jobs is None:
-        return _error(503, NO_ADAPTERS)
-    nbytes = _object_nbytes(server, body.model_name, body.world_size)
-    if nbytes is None:
-        return _error(409, f"no layout registered for model_name={body.model_name!r} world_size={body.world_size}; "
-                           "the model has not allocated KV cache on this node yet")
-    hashes = server.hasher.hash_chunks(body.token_ids)
-    if not hashes:
-        return 202, {"chunks": 0, "status": "noop"}
-    ranks = kv_ranks_for_world(body.world_size)
-    keys = [ObjectKey(h, body.model_name, rank, 0, body.cache_salt) for h in hashes for rank in ranks]
-    try:
-        request_id = jobs.submit(keys, nbytes)
-    except RuntimeError:  # the prefetch pool is shut down: the engine is stopping
-        return _error(503, NOT_READY)
-    return 202, {"request_id": request_id, "chunks": len(hashes), "status": "submitted"}
-
-
-@post("/prefetch", status_code=202, guards=[require_admin], request_max_body_size=MAX_BODY_BYTES,
+@post("/prefetch", status_code=202, sync_to_thread=True, guards=[require_admin], request_max_body_size=MAX_BODY_BYTES,
       summary="Warm L1 from L2 for a token sequence",
       operation_class=openapi.operation(body=openapi.json_body(WarmPrefetchBody)), responses={
           202: openapi.json(PrefetchSubmitted, "submitted (poll `request_id`), or `noop` below one full chunk"),
@@ -477,59 +423,74 @@ def _warm(server: CacheServer, raw: bytes) -> Answer:
           409: openapi.detail("no worker registered a KV layout for (`model_name`, `world_size`)"),
           422: openapi.detail("the body is not a WarmPrefetchRequest"),
           503: NOT_READY_OR_NO_ADAPTERS})
-async def warm_prefetch(engine: Engine, request: Request[Any, Any, Any]) -> Response[Any]:
+def warm_prefetch(engine: Engine, body: RawBody) -> PrefetchSubmitted:
     """Hash the tokens, submit a warm prefetch of their chunks across all adapters; 202 at once."""
-    raw = await request.body()
-    return await _off_loop(_warm, engine, raw)
+    request = _body(body, WarmPrefetchRequest)
+    if len(request.token_ids) > MAX_PREFETCH_TOKENS:
+        raise HTTPError(400, f"token_ids exceeds the per-request cap (limit={MAX_PREFETCH_TOKENS}, "
+                             f"got={len(request.token_ids)})")
+    try:
+        validate_model_name(request.model_name)
+        validate_cache_salt(request.cache_salt)
+    except InvalidKeyError as exc:
+        raise HTTPError(400, str(exc)) from None
+    storage = engine.storage
+    if storage is None:
+        raise EngineUnavailable()
+    jobs = storage.warm_jobs
+    if jobs is None:
+        raise HTTPError(503, NO_ADAPTERS)
+    nbytes = _object_nbytes(engine, request.model_name, request.world_size)
+    if nbytes is None:
+        raise HTTPError(409, f"no layout registered for model_name={request.model_name!r} "
+                             f"world_size={request.world_size}; the model has not allocated KV cache on this node yet")
+    hashes = engine.hasher.hash_chunks(request.token_ids)
+    if not hashes:
+        return PrefetchSubmitted(chunks=0, status="noop")
+    ranks = kv_ranks_for_world(request.world_size)
+    keys = [ObjectKey(h, request.model_name, rank, 0, request.cache_salt) for h in hashes for rank in ranks]
+    try:
+        request_id = jobs.submit(keys, nbytes)
+    except RuntimeError:  # the prefetch pool is shut down: the engine is stopping
+        raise EngineUnavailable() from None
+    return PrefetchSubmitted(request_id=request_id, chunks=len(hashes), status="submitted")
 
 
 @get("/prefetch/{request_id:str}", sync_to_thread=False, summary="Poll a warm prefetch", responses={
     200: openapi.json(PrefetchState, "`pending`, or `completed` with the counts (once)"),
     404: openapi.detail("unknown `request_id`: never submitted, already polled as completed, or expired")})
-def poll_prefetch(engine: Engine, request_id: FromPath[str]) -> Response[Any]:
+def poll_prefetch(engine: Engine, request_id: FromPath[str]) -> PrefetchState:
     """``pending``; then ``completed`` with the counts, exactly once; then 404."""
     jobs = engine.storage.warm_jobs if engine.storage is not None else None
     state = jobs.poll(request_id) if jobs is not None else None
     if state is None:
-        status, body = _error(404, f"unknown prefetch request_id={request_id!r} "
-                                   "(already completed or never submitted)")
-        return Response(body, status_code=status)
+        raise HTTPError(404, f"unknown prefetch request_id={request_id!r} (already completed or never submitted)")
     if state.status == "pending":
-        return Response({"status": "pending"}, status_code=200)
-    return Response({"status": "completed", "found_keys": state.found_keys, "total_keys": state.total_keys},
-                    status_code=200)
+        return PrefetchState("pending")
+    return PrefetchState("completed", state.found_keys, state.total_keys)
 
 
 router = Router(path="/l2", route_handlers=[list_adapters, delete_keys, list_keys, warm_prefetch, poll_prefetch],
-                tags=["l2"], opt=unavailable_body({"detail": NOT_READY}))
+                tags=["l2"], opt=error_envelope(DETAIL))
 
 
 # -- hooks --------------------------------------------------------------------------------
 
 
 @hookimpl
-def lmcache_add_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("l2 plugin", "L2 management routes and warm prefetch (/l2/...).")
-    group.add_argument("--l2-warm-job-ttl-seconds", type=POSITIVE_FLOAT, default=DEFAULT_WARM_JOB_TTL_S,
-                       help="forget a completed warm prefetch (POST /l2/prefetch) this long after it completed "
-                            "if nobody polled it")
-    group.add_argument("--l2-warm-job-max-completed", type=POSITIVE_INT, default=DEFAULT_WARM_JOB_MAX_COMPLETED,
-                       help="keep at most this many unpolled completed warm prefetch results (oldest go first)")
+def lmcache_register_config(register: RegisterConfig) -> None:
+    register(CONFIG_NAME, L2RoutesConfig, prefix="l2-", title="l2 plugin",
+             description="L2 management routes and warm prefetch (/l2/...).")
 
 
 @hookimpl
-def lmcache_register_routes(register: Any) -> None:
+def lmcache_register_routes(register: RegisterRoutes) -> None:
     register(router)
 
 
 @hookimpl
 def lmcache_startup(server: CacheServer) -> None:
-    options = server.options
-    config = L2RoutesConfig(
-        warm_job_ttl_seconds=getattr(options, "l2_warm_job_ttl_seconds", DEFAULT_WARM_JOB_TTL_S),
-        warm_job_max_completed=getattr(options, "l2_warm_job_max_completed", DEFAULT_WARM_JOB_MAX_COMPLETED),
-    )
-    server.register_config(CONFIG_NAME, config)
+    config: L2RoutesConfig = server.configs[CONFIG_NAME]  # type: ignore[assignment]
     jobs = server.storage.warm_jobs if server.storage is not None else None
     if jobs is not None:
         jobs.configure(ttl_s=config.warm_job_ttl_seconds, max_completed=config.warm_job_max_completed)
