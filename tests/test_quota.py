@@ -126,13 +126,15 @@ def test_list_quotas_is_a_copy():
 # ---------------------------------------------------------------------- usage
 
 
-def test_usage_sums_providers():
+def test_usage_is_the_largest_tier_with_a_breakdown():
+    # Each tier enforces the full limit, so the usage compared with it is the largest tier's (issue 18).
     q = QuotaManager()
     assert q.usage_by_salt() == {}
     q.register_usage_provider("l1", lambda: {"a": 10, "": 5})
     q.register_usage_provider("fs", lambda: {"a": 1, "b": 2})
-    assert q.usage_by_salt() == {"a": 11, "": 5, "b": 2}
-    assert q.usage_bytes("a") == 11
+    assert q.usage_by_salt() == {"a": 10, "": 5, "b": 2}
+    assert q.usage_by_tier() == {"l1": {"a": 10, "": 5}, "fs": {"a": 1, "b": 2}}
+    assert q.usage_bytes("a") == 10
     assert q.usage_bytes("nope") == 0
     assert q.unregister_usage_provider("fs") is True
     assert q.unregister_usage_provider("fs") is False

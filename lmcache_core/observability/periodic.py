@@ -272,6 +272,11 @@ class PeriodicThread:
             return now - self._last_run_time < window
 
     @property
+    def is_stalled(self) -> bool:
+        """Running but not completing runs on schedule: what ``unhealthy()`` and the health route report."""
+        return self.is_running and not self.is_active
+
+    @property
     def total_runs(self) -> int:
         """Runs completed, failed ones included."""
         with self._cond:
@@ -420,14 +425,20 @@ class PeriodicThreadRegistry:
     def unhealthy(
         self, levels: Iterable[ThreadLevel | str] = (ThreadLevel.CRITICAL, ThreadLevel.HIGH)
     ) -> list[dict[str, Any]]:
-        """``[{name, level, last_run_ago, interval}]`` for threads of ``levels`` that are not active."""
+        """``[{name, level, last_run_ago, interval}]`` for threads of ``levels`` that are stalled.
+
+        The one definition of unhealthy, LMCache's and ``GET /periodic-threads-health``'s:
+        running but not active (:attr:`PeriodicThread.is_stalled`). A thread that is not
+        running (stopped on purpose, or ended by an irrecoverable error) is not stalled; it
+        shows in ``/periodic-threads`` with ``is_running: false``.
+        """
         wanted = {ThreadLevel(lvl) for lvl in levels}
         out = []
         for t in self.get_all():
             if t.level not in wanted:
                 continue
             status = t.get_status()
-            if not status["is_active"]:
+            if status["is_running"] and not status["is_active"]:
                 out.append(
                     {
                         "name": status["name"],

@@ -21,7 +21,13 @@ until another class finds no extent large enough; then every empty slab of
 every class goes back to the extent list and the search is retried. A slab that
 still holds one live object is never moved, so a workload that mixes many sizes
 can strand memory in partly used slabs; ``slab_bytes`` bounds that waste per
-class.
+class. By default a slab is at most 1/64 of the arena (and at most
+:data:`DEFAULT_SLAB_BYTES`): with one 64 MiB slab size, a small L1 (the chaos
+run's 30 MiB) was carved whole into the first size class's one slab, and every
+other object size failed to allocate while L1 was two thirds empty (issue 18).
+``SlabAllocator.failed_allocations`` is the pressure signal the eviction
+controller reads (through ``L1Manager.allocation_failures``): after a failed
+allocation it evicts even below the watermark.
 
 Per-object bookkeeping lives with the caller (the L1 manager keeps offsets in
 compact arrays); the allocator itself only keeps per-slab state, so its memory
@@ -59,6 +65,7 @@ MAP_NORESERVE: int = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 DEFAULT_PIN_CHUNK_BYTES = 1 << 30
 DEFAULT_SLAB_BYTES = 64 << 20
+SLABS_PER_ARENA = 64  # default slab size: at most this fraction of the arena
 
 _SHM_DIR = "/dev/shm"
 
@@ -402,16 +409,20 @@ class SlabAllocator:
         size_bytes: int,
         align_bytes: int = 4096,
         *,
-        slab_bytes: int = DEFAULT_SLAB_BYTES,
+        slab_bytes: int | None = None,
         on_grow: Callable[[int], None] | None = None,
     ) -> None:
-        """An allocator for an arena of ``size_bytes`` whose offsets start at 0."""
+        """An allocator for an arena of ``size_bytes`` whose offsets start at 0.
+
+        ``slab_bytes`` None: ``min(DEFAULT_SLAB_BYTES, size_bytes / 64)`` (see the module docstring)."""
         if align_bytes <= 0 or align_bytes & (align_bytes - 1):
             raise ValueError(f"align_bytes must be a positive power of two, got {align_bytes}")
         if size_bytes < align_bytes:
             raise ValueError(f"arena of {size_bytes} bytes is smaller than one {align_bytes}-byte slot")
         self.total = size_bytes // align_bytes * align_bytes
         self.align = align_bytes
+        if slab_bytes is None:
+            slab_bytes = min(DEFAULT_SLAB_BYTES, self.total // SLABS_PER_ARENA // align_bytes * align_bytes)
         self.slab_bytes = max(slab_bytes, align_bytes)
         self._on_grow = on_grow
         self._lock = threading.Lock()

@@ -399,8 +399,16 @@ def plan_eviction(
     is ``quota_limits.get(salt, 0)``. Limit 0 (no quota, or a quota of 0) is the
     allowlist rule: every tracked key of the salt is selected (ratio 1.0).
     Otherwise, when usage ``>= watermark * limit``, select ``max(1, int(ratio *
-    tracked_of_salt))`` of that salt's keys. ``used_bytes``/``capacity_bytes``
-    are not consulted. Quotas are soft: this only evicts, writes are never refused.
+    tracked_of_salt))`` of that salt's keys. Quotas are soft: this only evicts,
+    writes are never refused.
+
+    Global backstop (isolation policies): when the tier as a whole is at or past
+    the watermark (``capacity_bytes > 0``), every salt also gives up at least
+    ``max(1, int(ratio * tracked_of_salt))`` keys, oldest first in its own LRU,
+    whether or not it is over its quota. Without it, salts all under their quotas
+    whose quotas add up to more than the tier filled it, and stores failed for lack
+    of memory (issue 18). Each salt loses the same fraction of its keys, so the
+    backstop keeps the salts' shares of the tier as they were.
     """
     if not policy.supports_isolation:
         if capacity_bytes <= 0 or used_bytes / capacity_bytes < watermark:
@@ -409,6 +417,7 @@ def plan_eviction(
         return policy.select_victims(count, is_evictable) if count else []
 
     limits = quota_limits or {}
+    over_tier = capacity_bytes > 0 and used_bytes >= watermark * capacity_bytes
     victims: list[ObjectKey] = []
     for salt, used in (usage_by_salt or {}).items():
         if used <= 0:
@@ -417,7 +426,7 @@ def plan_eviction(
         tracked = policy.tracked_count(salt)
         if limit <= 0:
             count = tracked
-        elif used >= watermark * limit:
+        elif used >= watermark * limit or over_tier:
             count = _count_for(tracked, ratio)
         else:
             continue

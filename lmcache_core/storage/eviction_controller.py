@@ -114,6 +114,9 @@ class EvictionController:
         self.evicted_total = 0
         self.refused_total = 0
         self.last_tick_ms = 0.0
+        self.pressure_triggers = 0
+        self.backstop_triggers = 0  # isolation policies: triggers past the global watermark  # triggers caused by failed allocations below the watermark
+        self._seen_failures = self._allocation_failures()
 
     def tick(self) -> dict[str, Any]:
         """One eviction slice; returns a summary (it becomes the periodic thread's extra info)."""
@@ -122,7 +125,14 @@ class EvictionController:
             used, capacity = self.tier.get_memory_usage()
             triggered = False
             if not self._debt and not self._pending and self._clock() - self._last_trigger >= self.trigger_interval_s:
-                triggered = self._plan(used, capacity)
+                failures = self._allocation_failures()
+                pressured = failures > self._seen_failures and capacity > 0 and used < self.watermark * capacity
+                self._seen_failures = failures
+                # An allocation failed below the watermark (no free slot of its size: slabs held by
+                # other sizes): evict as if at the watermark, so the failing size gets room back.
+                triggered = self._plan(max(used, int(self.watermark * capacity) + 1) if pressured else used,
+                                       capacity)
+                self.pressure_triggers += pressured and triggered
             victims = self._take_slice()
             evicted = 0
             for start in range(0, len(victims), DELETE_BATCH):
@@ -138,6 +148,10 @@ class EvictionController:
             return {"evicted": evicted, "candidates": len(victims), "left_to_evict": self.left_to_evict,
                     "used_bytes": used, "capacity_bytes": capacity}
 
+    def _allocation_failures(self) -> int:
+        failures = getattr(self.tier, "allocation_failures", None)
+        return int(failures()) if callable(failures) else 0
+
     @property
     def left_to_evict(self) -> int:
         return self._debt + len(self._pending)
@@ -149,6 +163,7 @@ class EvictionController:
             limits = {salt: self.quotas.get_limit_bytes(salt) for salt in usage_by_salt} if self.quotas else {}
             self._pending = plan_eviction(self.policy, used, capacity, self.watermark, self.ratio,
                                           self.tier.is_key_evictable, usage_by_salt, limits)
+            self.backstop_triggers += bool(self._pending) and capacity > 0 and used >= self.watermark * capacity
             triggered = bool(self._pending)
         elif capacity > 0 and used / capacity >= self.watermark:
             tracked = self.policy.tracked_count()
@@ -185,4 +200,6 @@ class EvictionController:
             "refused_total": self.refused_total,
             "last_tick_ms": round(self.last_tick_ms, 3),
             "left_to_evict": self.left_to_evict,
+            "pressure_triggers": self.pressure_triggers,
+            "backstop_triggers": self.backstop_triggers,
         }

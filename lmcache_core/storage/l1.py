@@ -579,6 +579,10 @@ class L1Manager:
         """``(used, total)`` bytes; used is the aligned size of every present object."""
         return self._alloc.usage()
 
+    def allocation_failures(self) -> int:
+        """Allocations refused so far for lack of a free slot (the eviction controller's pressure signal)."""
+        return self._alloc.failed_allocations
+
     def usage_by_salt(self) -> dict[str, int]:
         """Bytes (aligned) held per ``cache_salt``; salts with nothing present are absent."""
         with self._lock:

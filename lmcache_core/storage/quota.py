@@ -7,8 +7,13 @@ refused. The empty salt ``""`` is an ordinary salt; the HTTP layer maps the
 path sentinel ``_default`` to it.
 
 Usage is pulled, not pushed: each tier (L1, every L2 adapter) registers a
-provider returning its bytes per salt, and :meth:`QuotaManager.usage_by_salt`
-sums them.
+provider returning its bytes per salt. Each tier enforces the full limit on its
+own (a salt may hold ``limit`` in L1 *and* ``limit`` in each L2), so the usage
+compared with the limit is the largest tier's, not the sum:
+:meth:`QuotaManager.usage_by_salt` is that maximum (what ``current_usage_gb``
+reports), and :meth:`QuotaManager.usage_by_tier` the per-tier breakdown. (It
+summed the tiers until issue 18: a salt could report more than its limit with
+no tier over it.)
 
 "GB" in the HTTP API means GiB; :func:`gib_to_bytes` and :func:`bytes_to_gib`
 convert with validation.
@@ -113,22 +118,28 @@ class QuotaManager:
         with self._lock:
             return self._providers.pop(name, None) is not None
 
-    def usage_by_salt(self) -> dict[str, int]:
-        """Bytes per salt summed over every provider; a provider that raises is logged and skipped."""
+    def usage_by_tier(self) -> dict[str, dict[str, int]]:
+        """Bytes per salt of every provider (tier name → salt → bytes); one that raises is logged and skipped."""
         with self._lock:
             providers = list(self._providers.items())
-        total: dict[str, int] = {}
+        tiers: dict[str, dict[str, int]] = {}
         # Providers run outside our lock: they take their tier's locks.
         for name, fn in providers:
             try:
                 # Materialise first so a provider failing half-way adds nothing.
-                items = [(salt, int(n)) for salt, n in fn().items()]
+                tiers[name] = {salt: int(n) for salt, n in fn().items()}
             except Exception as exc:
                 self._log_provider_error(name, exc)
-                continue
-            for salt, n in items:
-                total[salt] = total.get(salt, 0) + n
-        return total
+        return tiers
+
+    def usage_by_salt(self) -> dict[str, int]:
+        """Bytes per salt in the tier where the salt holds the most: the usage compared with its limit."""
+        largest: dict[str, int] = {}
+        for usage in self.usage_by_tier().values():
+            for salt, n in usage.items():
+                if n > largest.get(salt, -1):
+                    largest[salt] = n
+        return largest
 
     def _log_provider_error(self, name: str, exc: Exception) -> None:
         """Log a provider failure with traceback the first time its message is seen, at debug after."""
@@ -145,5 +156,5 @@ class QuotaManager:
             logger.debug("quota usage provider %r failed again: %s", name, signature[1])
 
     def usage_bytes(self, cache_salt: str) -> int:
-        """Bytes one salt uses across every provider."""
+        """Bytes one salt uses in its largest tier (what its limit is compared with)."""
         return self.usage_by_salt().get(cache_salt, 0)

@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BLOCK_IDS = 1 << 20  # a parsed "[0,N]" range may not expand past this many ids
+MAX_ID_DIGITS = 18  # an id has at most this many ASCII digits (< 10**18 < 2**63): "9"*5000 is refused, not parsed
+MAX_BLOCK_IDS_TEXT = 1 << 22  # characters: a longer string is refused before it is scanned
 
 
 class ChecksumError(TransferError):
@@ -67,8 +69,9 @@ class BlockIdParseError(ChecksumError, ValueError):
         super().__init__(400, detail)
 
 
-_RANGE = re.compile(r"\[(\d+),(\d+)\]", re.ASCII)  # ASCII: "١٢" (Arabic-Indic digits) is not an id
-_NUMBER = re.compile(r"\d+", re.ASCII)
+# [0-9] rather than \d: "١٢" (Arabic-Indic digits) and "１" (fullwidth) are not ids, whatever the flags.
+_RANGE = re.compile(r"\[([0-9]{1,%d}),([0-9]{1,%d})\]" % (MAX_ID_DIGITS, MAX_ID_DIGITS))
+_NUMBER = re.compile(r"[0-9]{1,%d}" % MAX_ID_DIGITS)
 
 
 def parse_block_ids(text: str, *, max_ids: int = DEFAULT_MAX_BLOCK_IDS) -> list[int]:
@@ -77,10 +80,14 @@ def parse_block_ids(text: str, *, max_ids: int = DEFAULT_MAX_BLOCK_IDS) -> list[
     Whitespace is ignored and empty items (``"1,,2"``) are skipped, as LMCache's
     parser does. Raises :class:`BlockIdParseError` for an empty result, nested or
     unbalanced brackets, a reversed range, anything that is not a non-negative
-    integer, or more than ``max_ids`` ids.
+    integer written in ASCII digits (``"١"`` and ``"１"`` are refused), an id of
+    more than ``MAX_ID_DIGITS`` digits, a string longer than
+    ``MAX_BLOCK_IDS_TEXT`` characters, or more than ``max_ids`` ids.
     """
     if not isinstance(text, str):
         raise BlockIdParseError("block_ids must be a string")
+    if len(text) > MAX_BLOCK_IDS_TEXT:
+        raise BlockIdParseError(f"block_ids is longer than {MAX_BLOCK_IDS_TEXT} characters")
     clean = "".join(text.split())
     items: list[str] = []
     buf: list[str] = []
@@ -126,7 +133,9 @@ def parse_block_ids(text: str, *, max_ids: int = DEFAULT_MAX_BLOCK_IDS) -> list[
                 raise BlockIdParseError(f"block_ids expands to more than {max_ids} ids")
             out.append(int(item))
         else:
-            raise BlockIdParseError(f"invalid block id {item!r}: expected a non-negative integer or [start,end]")
+            shown = item if len(item) <= 40 else item[:37] + "..."
+            raise BlockIdParseError(f"invalid block id {shown!r}: expected a non-negative integer of at most "
+                                    f"{MAX_ID_DIGITS} ASCII digits, or [start,end]")
     if not out:
         raise BlockIdParseError("block_ids is required")
     return out

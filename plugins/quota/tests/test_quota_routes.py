@@ -77,10 +77,17 @@ def delete(url: str, salt_path: str, **kw: Any) -> httpx.Response:
 
 
 def ok(resp: httpx.Response) -> Any:
-    """Assert a 200 JSON answer; return its body."""
+    """Assert a 200 JSON answer; return its body, less the per-tier breakdowns (checked here:
+    ``current_usage_gb`` is the largest tier's usage, issue 18)."""
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"] == JSON
-    return resp.json()
+    body = resp.json()
+    for entry in [body, *(body.get("users") or {}).values()] if isinstance(body, dict) else []:
+        if isinstance(entry, dict) and "current_usage_gb" in entry:
+            tiers = entry.pop("usage_by_tier_gb")
+            assert "l1" in tiers and all(t == "l1" or t.startswith("l2:") for t in tiers), tiers
+            assert entry["current_usage_gb"] == max(tiers.values()), (entry, tiers)
+    return body
 
 
 def error_of(resp: httpx.Response, status: int) -> str:
@@ -405,7 +412,7 @@ def test_usage_counts_l1_and_a_memory_l2_adapter(start: Start) -> None:
     write_l1(server, keys("a", 3, "alice"))
     wait_for(lambda: adapter.usage_by_salt().get("alice") == 3 * OBJ, "alice's objects in L2")
     assert sum(len(v) for k, v in adapter.objects.items() if k.cache_salt == "alice") == 3 * OBJ
-    assert usage_gb(url, "alice") == (3 * L1_OBJ + 3 * OBJ) / GIB
+    assert usage_gb(url, "alice") == 3 * L1_OBJ / GIB
 
     # bob: only in L2 (stored into the adapter directly, as a recovery or another writer would).
     bob = keys("b", 4, "bob")
@@ -413,13 +420,16 @@ def test_usage_counts_l1_and_a_memory_l2_adapter(start: Start) -> None:
     assert usage_gb(url, "bob") == 4 * OBJ / GIB
 
     listed = ok(get(url))["users"]
-    assert listed == {"alice": {"limit_gb": 1.0, "current_usage_gb": (3 * L1_OBJ + 3 * OBJ) / GIB},
+    assert listed == {"alice": {"limit_gb": 1.0, "current_usage_gb": 3 * L1_OBJ / GIB},
                       "bob": {"limit_gb": 1.0, "current_usage_gb": 4 * OBJ / GIB}}
 
     # Deleting objects shows at once: from L1 for alice, from L2 for bob.
     assert server.storage.l1.delete(keys("a", 1, "alice")) == [L1Result.SUCCESS]
     assert adapter.delete(bob[:3]).result(TIMEOUT) == [True] * 3
-    assert usage_gb(url, "alice") == (2 * L1_OBJ + 3 * OBJ) / GIB
+    # The usage compared with the limit is the largest tier's (L2 now), with the breakdown beside it.
+    assert usage_gb(url, "alice") == 3 * OBJ / GIB > 2 * L1_OBJ / GIB
+    assert get(url, "alice").json()["usage_by_tier_gb"] == {"l1": 2 * L1_OBJ / GIB, "l2:0": 3 * OBJ / GIB}
+    assert get(url).json()["users"]["bob"]["usage_by_tier_gb"] == {"l1": 0.0, "l2:0": OBJ / GIB}
     assert usage_gb(url, "bob") == OBJ / GIB
 
 
@@ -444,8 +454,8 @@ def test_usage_counts_the_fs_adapter_and_survives_a_restart(start: Start, tmp_pa
     wait_for(lambda: _fs_bytes_by_salt(tmp_path) == {"carol": 3 * OBJ, "": 2 * OBJ}, "objects written to the FS")
     wait_for(lambda: server.storage.l2_adapters[0].usage_by_salt() == {"carol": 3 * OBJ, "": 2 * OBJ},
              "the FS adapter's accounting")
-    assert usage_gb(url, "carol") == (3 * L1_OBJ + 3 * OBJ) / GIB
-    assert usage_gb(url, "_default") == (2 * L1_OBJ + 2 * OBJ) / GIB
+    assert usage_gb(url, "carol") == 3 * L1_OBJ / GIB
+    assert usage_gb(url, "_default") == 2 * L1_OBJ / GIB
     server.stop()
     assert error_of(get(url, "carol"), 503) == "engine not initialized"
 
@@ -507,7 +517,7 @@ def test_quota_set_over_http_is_what_isolated_lru_enforces_in_l2(start: Start) -
     write_l1(server, keys("e", 3, "eve"))
     wait_for(lambda: adapter.usage_by_salt() == {"alice": 3 * OBJ}, "eve evicted from L2, alice kept")
     assert usage_gb(url, "eve") == 3 * L1_OBJ / GIB  # still in L1
-    assert usage_gb(url, "alice") == (3 * L1_OBJ + 3 * OBJ) / GIB
+    assert usage_gb(url, "alice") == 3 * L1_OBJ / GIB
 
     ok(delete(url, "alice"))
     wait_for(lambda: adapter.usage_by_salt() == {}, "alice evicted from L2 once her quota is gone")
@@ -592,7 +602,7 @@ def test_concurrent_puts_land_whole(start: Start) -> None:
                     return
                 resp = http.get("/quota")
                 users = resp.json().get("users") if resp.status_code == 200 else None
-                if not isinstance(users, dict) or any(set(v) != {"limit_gb", "current_usage_gb"}
+                if not isinstance(users, dict) or any(set(v) != {"limit_gb", "current_usage_gb", "usage_by_tier_gb"}
                                                       for v in users.values()):
                     bad_reads.append(resp.text)
 
@@ -774,8 +784,11 @@ def test_fuzz_every_route_against_a_model(start: Start) -> None:
                     seen.add((method, resp.status_code))
                     usage = server.storage.quotas.usage_by_salt()
                     assert resp.status_code == 200 and resp.headers["content-type"] == JSON
+                    tiers = server.storage.quotas.usage_by_tier()
                     assert resp.json() == {"users": {
-                        ("_default" if s == "" else s): {"limit_gb": b / GIB, "current_usage_gb": usage.get(s, 0) / GIB}
+                        ("_default" if s == "" else s): {"limit_gb": b / GIB, "current_usage_gb": usage.get(s, 0) / GIB,
+                                                         "usage_by_tier_gb": {t: u.get(s, 0) / GIB
+                                                                              for t, u in tiers.items()}}
                         for s, b in model.items()}}
                 else:
                     resp = http.request(method, path)
@@ -786,8 +799,11 @@ def test_fuzz_every_route_against_a_model(start: Start) -> None:
                     elif method == "GET":
                         assert resp.status_code == 200, resp.text  # never 404 for a salt
                         usage = server.storage.quotas.usage_bytes(target)
+                        tiers = server.storage.quotas.usage_by_tier()
                         assert resp.json() == {"cache_salt": salt, "limit_gb": model.get(target, 0) / GIB,
-                                               "current_usage_gb": usage / GIB, "exists": target in model}
+                                               "current_usage_gb": usage / GIB, "exists": target in model,
+                                               "usage_by_tier_gb": {t: u.get(target, 0) / GIB
+                                                                    for t, u in tiers.items()}}
                     else:
                         assert resp.status_code == 200, resp.text
                         status = "removed" if model.pop(target, None) is not None else "not_found"

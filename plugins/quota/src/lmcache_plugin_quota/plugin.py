@@ -18,12 +18,12 @@ Routes (every 503 is ``{"error": "engine not initialized"}``; other errors are
     overflows a double (``limit_gb is too large``); a salt no key can carry
     (``invalid cache_salt: ...``). Stored as ``int(limit_gb * 2**30)`` bytes.
 ``GET /quota/{cache_salt}``
-    200 ``{"cache_salt", "limit_gb", "current_usage_gb", "exists"}``; never 404: a
-    salt without a quota answers ``exists: false`` and ``limit_gb: 0.0``.
+    200 ``{"cache_salt", "limit_gb", "current_usage_gb", "exists", "usage_by_tier_gb"}``;
+    never 404: a salt without a quota answers ``exists: false`` and ``limit_gb: 0.0``.
 ``DELETE /quota/{cache_salt}`` (admin guard)
     200 ``{"cache_salt", "status": "removed"}``, or ``"not_found"`` when there was none.
 ``GET /quota``
-    200 ``{"users": {salt: {"limit_gb", "current_usage_gb"}}}``, registered salts only.
+    200 ``{"users": {salt: {"limit_gb", "current_usage_gb", "usage_by_tier_gb"}}}``, registered salts only.
 
 The path sentinel ``_default`` stands for the empty salt, in and out, so a salt
 literally named ``_default`` cannot be managed apart from un-salted traffic (as in
@@ -58,10 +58,11 @@ Decisions where the seed is silent:
 
 Departures from LMCache:
 
-* ``current_usage_gb`` counts L1 as well as every L2 adapter (LMCache sums the L2
-  adapters only): here IsolatedLRU applies to L1 too, and an operator sizing a
-  quota wants to see every byte the salt holds. Each tier enforces the limit on
-  its own bytes, so the sum may exceed ``limit_gb`` while no tier is over it.
+* ``current_usage_gb`` is the usage compared with the limit: the salt's bytes in
+  its largest tier, L1 included (LMCache sums the L2 adapters). Each tier enforces
+  the full limit on its own bytes, so a sum could exceed ``limit_gb`` while no tier
+  is over it (issue 18). ``usage_by_tier_gb`` is the breakdown, ``{"l1": ...,
+  "l2:0": ...}``, one entry per tier (0.0 where the salt holds nothing).
 * PUT and DELETE carry the admin-token guard (``--http-admin-token``); reads stay open.
 
 As in LMCache, quotas live in memory only: a restart starts with an empty table.
@@ -124,6 +125,7 @@ class QuotaInfo(msgspec.Struct):
     limit_gb: float
     current_usage_gb: float
     exists: bool
+    usage_by_tier_gb: dict[str, float] = {}
 
 
 class QuotaRemoved(msgspec.Struct):
@@ -138,6 +140,7 @@ class QuotaUsage(msgspec.Struct):
 
     limit_gb: float
     current_usage_gb: float
+    usage_by_tier_gb: dict[str, float] = {}
 
 
 class QuotaTable(msgspec.Struct):
@@ -250,9 +253,10 @@ def get_quota(engine: Engine, request: Request[Any, Any, Any], cache_salt: FromP
     salt = salt_of(request, cache_salt)
     quotas = quotas_of(engine)
     limit = quotas.get_quota(salt)
-    usage = quotas.usage_bytes(salt)
+    tiers = quotas.usage_by_tier()
     return QuotaInfo(cache_salt=salt_to_path(salt), limit_gb=bytes_to_gib(limit or 0),
-                     current_usage_gb=bytes_to_gib(usage), exists=limit is not None)
+                     current_usage_gb=_largest_gib(tiers, salt), exists=limit is not None,
+                     usage_by_tier_gb=_tiers_gib(tiers, salt))
 
 
 @delete("/{cache_salt:str}", status_code=200, sync_to_thread=False, guards=[require_admin],
@@ -269,10 +273,21 @@ def list_quotas(engine: Engine) -> QuotaTable:
     """Registered salts only; usage of unregistered salts is not listed."""
     quotas = quotas_of(engine)
     limits = quotas.list_quotas()
-    usage = quotas.usage_by_salt()
+    tiers = quotas.usage_by_tier()
     return QuotaTable(users={
-        salt_to_path(salt): QuotaUsage(limit_gb=bytes_to_gib(limit), current_usage_gb=bytes_to_gib(usage.get(salt, 0)))
+        salt_to_path(salt): QuotaUsage(limit_gb=bytes_to_gib(limit), current_usage_gb=_largest_gib(tiers, salt),
+                                       usage_by_tier_gb=_tiers_gib(tiers, salt))
         for salt, limit in sorted(limits.items())})
+
+
+def _tiers_gib(tiers: dict[str, dict[str, int]], salt: str) -> dict[str, float]:
+    """One salt's GiB in every tier (``l1``, ``l2:<index>``)."""
+    return {tier: bytes_to_gib(usage.get(salt, 0)) for tier, usage in tiers.items()}
+
+
+def _largest_gib(tiers: dict[str, dict[str, int]], salt: str) -> float:
+    """The usage compared with the limit: the salt's GiB in its largest tier."""
+    return bytes_to_gib(max((usage.get(salt, 0) for usage in tiers.values()), default=0))
 
 
 router = Router(path="/quota", route_handlers=[list_quotas, set_quota, get_quota, delete_quota], tags=["quota"],
