@@ -8,7 +8,9 @@ the same bytes in the same block pattern (the faster of ``index_select`` per
 layer and per K/V plane into a contiguous buffer, and ``index_copy_`` back).
 
 The real LMCache 0.5.6 server is measured by the same driver when its peer venv
-exists (``interop/install-peer.sh``); our client speaks its protocol.
+exists (``interop/install-peer.sh``); our client speaks its protocol. Then
+:mod:`lmcache_core.bench.realclient` adds the figures a vLLM scheduler sees: NOOP
+and LOOKUP round trips through LMCache 0.5.6's own client library, for both servers.
 
 Environment: ``LMCACHE_BENCH_SEQUENCES`` (8), ``LMCACHE_BENCH_CHUNKS`` (8 per
 sequence), ``LMCACHE_BENCH_LOOKUPS`` (200), ``LMCACHE_BENCH_LAYERS`` (32).
@@ -201,6 +203,10 @@ def run() -> list[dict[str, Any]]:
                          "error": f"not measured: no peer at {PEER_VENV}"})
     finally:
         kv.close()
+    # Latency as vLLM sees it: the real 0.5.6 client against both servers (our client's rows are above).
+    from lmcache_core.bench import realclient
+
+    rows.extend(realclient.run())
     return rows
 
 
