@@ -6,8 +6,9 @@
   (``$LMCACHE_DASHBOARD_SCREENSHOT`` names where, else the test's ``tmp_path``).
 * At phone width nothing overflows sideways.
 * Before the engine is ready the page says "starting", then goes live without a reload.
-* A fleet of two servers, the second a separate ``lmcache-server`` process that is then killed:
-  its row turns ``down`` within a bound, and the page keeps polling its own node meanwhile.
+* A fleet of two servers, the second a separate ``lmcache-server`` process that is first stopped
+  (SIGSTOP: it hangs), then resumed, then killed: its row turns ``down`` within a bound each time
+  (and ``up`` again once resumed), and the page keeps polling its own node meanwhile.
 """
 
 from __future__ import annotations
@@ -157,6 +158,16 @@ def test_fleet_node_killed_shows_down(browser: Any, lmcache_server_factory: Any,
         assert browser.find_element("id", "fleet-up").get_attribute("data-value") == "2"
         peer_node = get_json(peer_url, "/dashboard/data")["node"]
         assert peer_node in browser.find_element("css selector", f'#fleet-table tr[data-url="{peer_url}"]').text
+
+        # a hung peer (stopped: its kernel still accepts connections, nothing answers) is down after the
+        # peer timeout, and the page keeps polling its own node all the while
+        os.killpg(proc.pid, signal.SIGSTOP)
+        before = polls(browser)
+        wait_for(lambda: row_state() == "down", "the hung peer's row to be down", DOWN_WITHIN_S)
+        assert "no answer within 1 s" in browser.find_element("css selector", f'#fleet-table tr[data-url="{peer_url}"]').text
+        assert polls(browser) > before
+        os.killpg(proc.pid, signal.SIGCONT)
+        wait_for(lambda: row_state() == "up", "the peer's row to be up again", DOWN_WITHIN_S)
 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
