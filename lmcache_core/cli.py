@@ -71,11 +71,12 @@ def serve(args: argparse.Namespace, server: CacheServer) -> int:
     import uvicorn
 
     from lmcache_core.http.app import create_app
+    from lmcache_core.http.limits import uvicorn_http_options
 
     app = create_app(server)
     uv = uvicorn.Server(uvicorn.Config(
         app, host=args.http_host, port=args.http_port, log_level=args.log_level.lower(),
-        lifespan="on", access_log=False,
+        lifespan="on", access_log=False, **uvicorn_http_options(),
     ))
 
     def request_exit(signum: int, frame: Any) -> None:
@@ -96,6 +97,17 @@ def serve(args: argparse.Namespace, server: CacheServer) -> int:
     return 0 if uv.started or uv.should_exit else 1
 
 
+def refuse_unguarded_run_script(args: argparse.Namespace) -> None:
+    """``--run-script-api-enabled`` needs ``--http-admin-token`` (a ValueError otherwise: exit 2).
+
+    ``/run_script`` runs uploaded Python in the server process; its restrictions are not a
+    sandbox (docs/security.md), so it must never be open to whoever reaches the HTTP port.
+    """
+    if getattr(args, "run_script_api_enabled", False) and not getattr(args, "http_admin_token", None):
+        raise ValueError("--run-script-api-enabled requires --http-admin-token: /run_script runs uploaded code "
+                         "in the server and is not a sandbox (see docs/security.md)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "plugins":
@@ -113,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(args.log_level)
         for failed in host.failed:
             logger.warning("plugin %s was skipped: %s", failed.name, failed.error)
+        refuse_unguarded_run_script(args)
         server = CacheServer(host, build_configs(args, host.registrations.configs), options=args)
     except PluginError as exc:
         print(f"lmcache-server: {exc}", file=sys.stderr)

@@ -54,6 +54,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("core.eviction", "lmcache_core.storage.builtin_policies"),
     ("core.routes", "lmcache_core.http.core_routes"),
     ("core.engine", "lmcache_core.engine_status"),
+    ("core.security", "lmcache_core.transport.limits"),
 )
 
 

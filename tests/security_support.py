@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,17 @@ def run_as_nobody(port: int, steps: list[dict[str, Any]], timeout_s: float = 60.
 def hexed(frames: list[bytes]) -> list[str]:
     """Frames as the attacker script takes them."""
     return [f.hex() for f in frames]
+
+
+@contextlib.contextmanager
+def cli_server(log_dir: Path, *extra: str) -> Iterator[tuple[int, str, str]]:
+    """A real ``lmcache-server`` process on free ports: ``(pid, zmq url, http base)``."""
+    from lmcache_core.testing import free_port, server_process
+
+    port, http_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(port),
+           "--http-host", "127.0.0.1", "--http-port", str(http_port), "--l1-size-gb", "0.25",
+           "--log-level", "WARNING", *extra]
+    base = f"http://127.0.0.1:{http_port}"
+    with server_process(cmd, f"{base}/healthcheck", log=log_dir / "server.log") as proc:
+        yield proc.pid, f"tcp://127.0.0.1:{port}", base

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import io
 import pickle
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +19,14 @@ import torch
 
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.config import MPConfig, StorageManagerConfig
-from lmcache_core.testing import free_port, server_process
+from lmcache_core.testing import free_port
 from lmcache_core.transfer.client_kv import WorkerKVCache
 from lmcache_core.transfer.tensor_pickle import UnsafePickleError, dumps_tensors, loads_tensors
 from lmcache_core.transport import messages as m
 from lmcache_core.transport import wire
 from lmcache_core.transport.limits import SecurityConfig
 from lmcache_core.transport.wire import Op
-from security_support import healthy_client, raw_dealer, rss_bytes, wait_for
+from security_support import cli_server, healthy_client, raw_dealer, rss_bytes, wait_for
 
 MiB = 1 << 20
 
@@ -38,13 +37,8 @@ MiB = 1 << 20
 @pytest.fixture
 def server_proc(tmp_path: Path) -> Iterator[tuple[int, str, str]]:
     """``(pid, zmq url, http base)`` of a real ``lmcache-server`` on free ports."""
-    port, http_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(port),
-           "--http-host", "127.0.0.1", "--http-port", str(http_port), "--l1-size-gb", "0.25",
-           "--log-level", "WARNING"]
-    base = f"http://127.0.0.1:{http_port}"
-    with server_process(cmd, f"{base}/healthcheck", log=tmp_path / "server.log") as proc:
-        yield proc.pid, f"tcp://127.0.0.1:{port}", base
+    with cli_server(tmp_path) as proc:
+        yield proc
 
 
 def _settled_rss(pid: int) -> int:

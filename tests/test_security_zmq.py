@@ -88,3 +88,51 @@ def test_a_stuck_loop_shows_in_healthcheck(lmcache_server_factory, lmcache_http)
         t.join(10)
         client.close()
     wait_for(lambda: httpx.get(f"{base}/healthcheck", timeout=5).status_code == 200, timeout_s=10)
+
+
+def _stored_chunk_server(factory, **security):
+    from lmcache_core.config import HTTPConfig, MPConfig, StorageManagerConfig
+    from lmcache_core.testing import free_port
+    from lmcache_core.transport.limits import SecurityConfig
+
+    port = free_port()
+    server = factory(configs={
+        "mp": MPConfig(host="127.0.0.1", port=port, worker_reap_timeout_seconds=0),
+        "storage_manager": StorageManagerConfig(l1_size_gb=0.1),
+        "http": HTTPConfig(http_admin_token="s3cret"),
+        "security": SecurityConfig(**security)})
+    return server, f"tcp://127.0.0.1:{port}"
+
+
+def _l1_objects(server) -> int:
+    return server.status()["storage_manager"]["l1_manager"]["total_object_count"]
+
+
+def test_data_path_clear_is_refused_when_an_admin_token_is_set(lmcache_server_factory):
+    from lmcache_core.client import make_key
+    from lmcache_core.transfer.client_kv import WorkerKVCache
+
+    server, url = _stored_chunk_server(lmcache_server_factory)
+    kv = WorkerKVCache(1, (2, 32, 16, 2, 8))
+    try:
+        with LMCacheClient(url, timeout_s=20) as client:
+            client.register_kv_cache(5, kv.descriptors(), "m", 1, {"kv_layout": "NHD"})
+            assert client.store(make_key(list(range(256)), "s", model_name="m", worker_id=0), 5,
+                                [list(range(1, 17))]) == (b"", True)
+            client.end_session("s")
+            assert _l1_objects(server) == 1
+            try:
+                client.clear(force=True)
+                raise AssertionError("CLEAR was not refused")
+            except wire.ErrorReply as exc:
+                assert "clear failed" in exc.reason
+            assert _l1_objects(server) == 1  # nothing was cleared
+            assert client.noop() == "OK"
+    finally:
+        kv.close()
+
+
+def test_data_path_clear_can_be_allowed_explicitly(lmcache_server_factory):
+    server, url = _stored_chunk_server(lmcache_server_factory, data_path_clear="allow")
+    with LMCacheClient(url, timeout_s=20) as client:
+        assert client.clear(force=True) is None

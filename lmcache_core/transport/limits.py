@@ -11,37 +11,42 @@ LMCache 0.5.6 client sends in normal operation.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from lmcache_core import hookimpl
 from lmcache_core.transfer.shm import DEFAULT_NAME_PREFIXES, ShmPolicy
 
 SECTION = "security"
 
 
-class SecurityConfig(msgspec.Struct, kw_only=True):
-    """Limits of the ZMQ data path (see ``docs/security.md``)."""
+def _meta(description: str, **bounds: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=description, **bounds)
 
-    shm_allowed_uids: list[int] = msgspec.field(default_factory=list)
-    """Owners, besides the server's own uid, whose ``/dev/shm`` segments the server maps."""
-    shm_allowed_gids: list[int] = msgspec.field(default_factory=list)
-    """Groups whose segments the server maps."""
-    shm_name_prefixes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_NAME_PREFIXES))
-    """A segment name must start with one of these (empty list: any name)."""
-    zmq_max_message_bytes: int = 1 << 30
-    """``ZMQ_MAXMSGSIZE``: a larger inbound message drops the connection before it is buffered."""
-    max_request_id_length: int = 512
-    """Longest request id (characters) a LOOKUP/STORE/RETRIEVE may carry; longer ones fail in-band."""
-    max_lookup_tokens: int = 1 << 20
-    """Most tokens one request may carry (the HTTP routes' cap too)."""
-    large_lookup_tokens: int = 1 << 16
-    """A LOOKUP with more tokens than this is hashed off the loop thread (its result is polled)."""
-    max_pending_lookups_per_connection: int = 4096
-    """Lookup results a connection may leave unqueried; a LOOKUP beyond that answers 0 hits."""
-    data_path_clear: Literal["auto", "allow", "deny"] = "auto"
-    """ZMQ CLEAR: ``auto`` honours it unless ``--http-admin-token`` is set (HTTP ``/clear-cache`` then
-    needs the token, and the data path cannot check one), ``allow``/``deny`` always/never."""
+
+class SecurityConfig(msgspec.Struct, kw_only=True):
+    """Limits of the ZMQ data path (see ``docs/security.md``); one flag each, no prefix."""
+
+    shm_allowed_uids: Annotated[list[int], _meta(
+        "owners, besides the server's own uid, whose /dev/shm segments the server maps")] = \
+        msgspec.field(default_factory=list)
+    shm_allowed_gids: Annotated[list[int], _meta("groups whose /dev/shm segments the server maps")] = \
+        msgspec.field(default_factory=list)
+    shm_name_prefixes: Annotated[list[str], _meta(
+        "a segment name must start with one of these (none given: any name)")] = \
+        msgspec.field(default_factory=lambda: list(DEFAULT_NAME_PREFIXES))
+    zmq_max_message_bytes: Annotated[int, _meta(
+        "ZMQ_MAXMSGSIZE: a larger inbound message drops the connection before it is buffered", ge=1024)] = 1 << 30
+    max_request_id_length: Annotated[int, _meta(
+        "longest request id a LOOKUP/STORE/RETRIEVE may carry (longer: refused in-band)", ge=1)] = 512
+    max_lookup_tokens: Annotated[int, _meta("most tokens one request may carry", ge=1)] = 1 << 20
+    large_lookup_tokens: Annotated[int, _meta(
+        "a LOOKUP with more tokens is hashed off the ZMQ loop thread (its result is polled)", ge=1)] = 1 << 16
+    max_pending_lookups_per_connection: Annotated[int, _meta(
+        "lookup results one connection may leave unqueried; further LOOKUPs answer 0 hits", ge=1)] = 4096
+    data_path_clear: Annotated[Literal["auto", "allow", "deny"], _meta(
+        "ZMQ CLEAR: auto = honoured unless --http-admin-token is set; allow/deny = always/never")] = "auto"
 
     def shm_policy(self) -> ShmPolicy:
         """The :class:`ShmPolicy` these settings describe."""
@@ -53,3 +58,10 @@ class SecurityConfig(msgspec.Struct, kw_only=True):
         if self.data_path_clear == "auto":
             return not admin_token
         return self.data_path_clear == "allow"
+
+
+@hookimpl
+def lmcache_register_config(register: Any) -> None:
+    """The built-in ``core.security`` plugin: the ``security`` section and its flags."""
+    register(SECTION, SecurityConfig, title="data-path security",
+             description="What one ZMQ client may make the server do (docs/security.md).")
