@@ -18,6 +18,7 @@ its newest docs say 127.0.0.1; an operator must opt in to exposure).
 from __future__ import annotations
 
 import argparse
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -252,14 +253,35 @@ def is_secret_name(name: str) -> bool:
     return any(marker in lowered for marker in SECRET_MARKERS)
 
 
+# ``scheme://userinfo@``: the userinfo runs to the authority's last "@" (a password may hold one).
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s]*)@")
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced: ``https://user:pass@host`` → ``https://***@host``.
+
+    Works on any string (a URL alone, or one inside a command line, a log line, a DSN);
+    text without ``scheme://...@`` comes back unchanged.
+    """
+    if "@" not in text or "://" not in text:
+        return text
+    return _URL_USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+
+
 def masked(value: Any) -> Any:
-    """A JSON-able copy of ``value`` with secret-looking fields replaced by ``"***"``."""
+    """A JSON-able copy of ``value`` with secrets hidden, at any depth.
+
+    A field whose name looks secret (:func:`is_secret_name`) becomes ``"***"``; in every
+    other string, URL credentials are replaced (:func:`mask_url_credentials`).
+    """
     if isinstance(value, msgspec.Struct):
         value = msgspec.to_builtins(value)
     if isinstance(value, dict):
         return {
             k: ("***" if is_secret_name(str(k)) and v not in (None, "") else masked(v)) for k, v in value.items()
         }
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [masked(v) for v in value]
+    if isinstance(value, str):
+        return mask_url_credentials(value)
     return value
