@@ -5,8 +5,8 @@ process plays a vLLM worker (a CPU shared-memory KV cache: 8 layers, 8 heads x 1
 fp16, 16-token blocks, so 8 MiB chunk objects) and STOREs one new chunk per request in a closed
 loop. Phases alternate, ``quiet, polled, polled, quiet, ...`` (``LMCACHE_BENCH_DASHBOARD_ROUNDS``
 pairs, default 4, of ``LMCACHE_BENCH_DASHBOARD_SECONDS`` each, default 2): in a polled phase a
-second thread fetches ``/dashboard/data`` every 100 ms over one keep-alive connection, as a
-page left open ten times over would. GB/s is what the server copied in (its
+separate process (as a browser is) fetches ``/dashboard/data`` every 100 ms over one keep-alive
+connection, as a page left open ten times over would. GB/s is what the server copied in (its
 ``store_bytes_total``) over the phase's wall time, so a STORE refused for lack of room counts
 nothing. The row gives the median of each kind, the ratio polled/quiet (target >= 0.95) and the
 poll latencies.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import threading
+import multiprocessing
 import time
 from typing import Any
 
@@ -44,29 +44,29 @@ def _stored_bytes(http: httpx.Client) -> float:
     return float(http.get("/dashboard/data").json()["traffic"]["store_bytes_total"])
 
 
-class _Poller(threading.Thread):
-    """GETs ``/dashboard/data`` at ``hz`` until stopped; keeps each answer's latency."""
-
-    def __init__(self, base_url: str, hz: float) -> None:
-        super().__init__(name="dashboard-poller", daemon=True)
-        self.base_url, self.period = base_url, 1.0 / hz
-        self.stop_event = threading.Event()
-        self.latencies: list[float] = []
-        self.failures = 0
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=10.0) as http:
+def _poll(base_url: str, hz: float, ready: Any, go: Any, done: Any, results: Any) -> None:
+    """In its own process (as a browser is): while ``go`` is set, GET ``/dashboard/data`` at ``hz``;
+    after each polled phase, put ``(latencies, failures)`` on ``results``; exit once ``done`` is set."""
+    period = 1.0 / hz
+    with httpx.Client(base_url=base_url, timeout=10.0) as http:
+        ready.set()
+        while not done.is_set():
+            if not go.wait(0.05):
+                continue
+            latencies: list[float] = []
+            failures = 0
             next_at = time.perf_counter()
-            while not self.stop_event.is_set():
+            while go.is_set():
                 start = time.perf_counter()
                 try:
                     ok = http.get("/dashboard/data").status_code == 200
                 except httpx.HTTPError:
                     ok = False
-                self.latencies.append(time.perf_counter() - start)
-                self.failures += 0 if ok else 1
-                next_at += self.period
-                self.stop_event.wait(max(0.0, next_at - time.perf_counter()))  # the 10 Hz pacing
+                latencies.append(time.perf_counter() - start)
+                failures += 0 if ok else 1
+                next_at += period
+                time.sleep(max(0.0, next_at - time.perf_counter()))  # the 10 Hz pacing
+            results.put((latencies, failures))
 
 
 def _store_phase(client: LMCacheClient, http: httpx.Client, seconds: float, first_request: int) -> tuple[float, int]:
@@ -112,24 +112,32 @@ def run() -> list[dict[str, Any]]:
                 latencies: list[float] = []
                 failures = 0
                 request = 1_000_000
-                for i in range(rounds):
-                    # ABBA order (quiet-polled, polled-quiet, ...): a drift over the run (L1 filling,
-                    # other load on the machine) weighs on both kinds alike
-                    for poll in ((False, True) if i % 2 == 0 else (True, False)):
-                        poller = _Poller(base, POLL_HZ) if poll else None
-                        if poller is not None:
-                            poller.start()
-                        try:
-                            gbps, sent = _store_phase(client, http, seconds, request)
-                        finally:
-                            if poller is not None:
-                                poller.stop_event.set()
-                                poller.join(30)
-                        request += sent
-                        (polled if poll else quiet).append(gbps)
-                        if poller is not None:
-                            latencies += poller.latencies
-                            failures += poller.failures
+                ctx = multiprocessing.get_context("spawn")
+                ready, go, done, results = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+                poller = ctx.Process(target=_poll, args=(base, POLL_HZ, ready, go, done, results), daemon=True)
+                poller.start()
+                try:
+                    if not ready.wait(180):
+                        raise RuntimeError("the poller process did not start")
+                    for i in range(rounds):
+                        # ABBA order (quiet-polled, polled-quiet, ...): a drift over the run (L1 filling,
+                        # other load on the machine) weighs on both kinds alike
+                        for poll in ((False, True) if i % 2 == 0 else (True, False)):
+                            if poll:
+                                go.set()
+                            try:
+                                gbps, sent = _store_phase(client, http, seconds, request)
+                            finally:
+                                go.clear()
+                            request += sent
+                            (polled if poll else quiet).append(gbps)
+                            if poll:
+                                phase_latencies, phase_failures = results.get(timeout=60)
+                                latencies += phase_latencies
+                                failures += phase_failures
+                finally:
+                    done.set()
+                    poller.join(30)
             finally:
                 client.close()
                 kv.close()
