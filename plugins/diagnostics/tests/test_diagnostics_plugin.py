@@ -22,7 +22,7 @@ def test_diagnostics_plugin_is_discovered_and_loads():
     assert ep.dist.metadata["Name"] == "lmcache-plugin-diagnostics"
     host = PluginHost(allow="diagnostics")
     assert host.plugins["diagnostics"].distribution == "lmcache-plugin-diagnostics"
-    assert set(host.plugins["diagnostics"].hooks) == {"lmcache_add_options", "lmcache_register_routes",
+    assert set(host.plugins["diagnostics"].hooks) == {"lmcache_register_config", "lmcache_register_routes",
                                                       "lmcache_startup"}
     assert not host.failed
 

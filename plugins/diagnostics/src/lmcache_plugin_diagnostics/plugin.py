@@ -103,7 +103,6 @@ spaces or commas; env ``LMCACHE_SCRIPT_ALLOWED_IMPORTS=json,math``),
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -112,7 +111,6 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 import anyio
@@ -122,12 +120,21 @@ from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException
 from litestar.params import FromPath, QueryParameter
 
-from lmcache_core import hookimpl
-from lmcache_core.config import is_secret_name
-from lmcache_core.http import openapi
-from lmcache_core.http.deps import Server
-from lmcache_core.http.guard import AdminTokenRequired, has_admin_token, require_admin
-from lmcache_core.server import CacheServer
+from lmcache_core.api import (
+    TEXT as TEXT_ERRORS,
+    AdminTokenRequired,
+    CacheServer,
+    HTTPError,
+    RegisterConfig,
+    RegisterRoutes,
+    Server,
+    error_envelope,
+    has_admin_token,
+    hookimpl,
+    is_secret_name,
+    openapi,
+    require_admin,
+)
 
 from .sandbox import ScriptError, run_script
 
@@ -151,13 +158,23 @@ _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DIGITS = re.compile(r"[0-9]{1,20}")
 
 
-class DiagnosticsConfig(msgspec.Struct, kw_only=True):
-    """The plugin's options, registered for ``GET /conf``."""
+ModuleName = Annotated[str, msgspec.Meta(pattern=f"^{_MODULE_NAME.pattern}$")]
 
-    run_script_api_enabled: bool = False
-    script_allowed_imports: list[str] = []
-    run_script_timeout_seconds: float = DEFAULT_SCRIPT_TIMEOUT_S
-    env_show_secrets: bool = False
+
+class DiagnosticsConfig(msgspec.Struct, kw_only=True):
+    """The plugin's options (declared through ``lmcache_register_config``; ``GET /conf`` shows them)."""
+
+    run_script_api_enabled: Annotated[bool, msgspec.Meta(
+        description="enable POST /run_script (runs uploaded Python in-process: not a sandbox; "
+                    "set --http-admin-token too)")] = False
+    script_allowed_imports: Annotated[list[ModuleName], msgspec.Meta(
+        description="modules a /run_script script may import (space- or comma-separated)",
+        extra={"metavar": "MODULE"})] = []
+    run_script_timeout_seconds: Annotated[float, msgspec.Meta(
+        gt=0, description="time limit of one /run_script script, in seconds")] = DEFAULT_SCRIPT_TIMEOUT_S
+    env_show_secrets: Annotated[bool, msgspec.Meta(
+        description="GET /env shows the values of variables named like *KEY*, *SECRET*, *TOKEN*, "
+                    "*PASSWORD*, *CREDENTIAL* (masked otherwise)")] = False
 
 
 # -- what the OpenAPI document says (the handlers build these answers as dicts) ----------------
@@ -225,23 +242,17 @@ FLAG_PATTERN = f"^({_WS}*({'|'.join(openapi.any_case(w) for w in sorted(_TRUE | 
 THREAD_ID_PATTERN = f"^({_WS}*[0-9]{{1,20}}{_WS}*)?$"
 
 
-def _options(server: CacheServer) -> DiagnosticsConfig:
-    """This plugin's options from ``server.options``; the safe default for any that is missing."""
-    opts = server.options
-    return DiagnosticsConfig(
-        run_script_api_enabled=bool(getattr(opts, "run_script_api_enabled", False)),
-        script_allowed_imports=list(getattr(opts, "script_allowed_imports", None) or []),
-        run_script_timeout_seconds=float(getattr(opts, "run_script_timeout_seconds", DEFAULT_SCRIPT_TIMEOUT_S)),
-        env_show_secrets=bool(getattr(opts, "env_show_secrets", False)),
-    )
+def _config(server: CacheServer) -> DiagnosticsConfig:
+    """This plugin's config section, built and validated once at start."""
+    return server.configs[CONFIG_NAME]  # type: ignore[return-value]
 
 
-def _text(body: str, status: int = 200) -> Response[str]:
-    return Response(body, status_code=status, media_type=TEXT)
+def _text(body: str) -> Response[str]:
+    return Response(body, media_type=TEXT)
 
 
-def _error(message: str, status: int) -> Response[dict[str, str]]:
-    return Response({"error": message}, status_code=status, media_type=JSON)
+TEXT_ERRORS_OPT = error_envelope(TEXT_ERRORS)
+"""``opt`` of the text/plain routes: their errors are the message itself."""
 
 
 def _json(doc: Any) -> Response[bytes]:
@@ -273,7 +284,7 @@ def list_loggers() -> str:
 
 # Negative data: a `level` without `logger_name` is ignored (200 `null`, as in LMCache), which no per-parameter
 # schema can say; the conformance test does not expect an invalid `level` to be refused there.
-@get("/loglevel", sync_to_thread=False, summary="List, read or set logger levels (text/plain)",
+@get("/loglevel", sync_to_thread=False, opt=TEXT_ERRORS_OPT, summary="List, read or set logger levels (text/plain)",
      operation_class=openapi.operation(also={200: (openapi.JSON, None)}), responses={
          200: openapi.text("the loggers and levels, one logger's level, or `Set <name> level to <LEVEL> ...`; "
                            "`level` without `logger_name` answers JSON `null`"),
@@ -297,7 +308,7 @@ def loglevel(
         raise AdminTokenRequired()
     canonical = level.strip().upper()
     if canonical not in LEVELS:
-        return _text(f"Invalid log level: {level}", 400)
+        raise HTTPError(400, f"Invalid log level: {level}")
     value = LEVELS[canonical]
     target = logging.getLogger() if logger_name == "root" else logging.getLogger(logger_name)
     target.setLevel(value)
@@ -327,7 +338,8 @@ def thread_dump(name: str | None, thread_id: int) -> str:
     return "\n\n".join([*blocks, summary])
 
 
-@get("/threads", sync_to_thread=True, guards=[require_admin], summary="Live threads with stack traces (text/plain)",
+@get("/threads", sync_to_thread=True, guards=[require_admin], opt=TEXT_ERRORS_OPT,
+     summary="Live threads with stack traces (text/plain)",
      responses={200: openapi.text("each thread with its stack, then the summary"),
                 400: openapi.text("`Invalid thread_id: <value>`")})
 def threads(
@@ -339,7 +351,7 @@ def threads(
     ident = 0
     if thread_id:
         if not _DIGITS.fullmatch(thread_id.strip()):
-            return _text(f"Invalid thread_id: {thread_id[:100]}", 400)
+            raise HTTPError(400, f"Invalid thread_id: {thread_id[:100]}")
         ident = int(thread_id.strip())
     return _text(thread_dump(name, ident))
 
@@ -381,11 +393,11 @@ def periodic_threads(
     """Summary of the whole registry, plus the threads that pass the filters."""
     wanted = level.lower() if level else None
     if wanted is not None and wanted not in THREAD_LEVELS:
-        return _error(f"Invalid level: {level}. Valid values: {', '.join(THREAD_LEVELS)}", 400)
+        raise HTTPError(400, f"Invalid level: {level}. Valid values: {', '.join(THREAD_LEVELS)}")
     try:
         running, active = _flag("running_only", running_only), _flag("active_only", active_only)
     except ValueError as exc:
-        return _error(str(exc), 400)
+        raise HTTPError(400, str(exc)) from None
     summary = _registry_summary(server)
     statuses = summary.pop("threads")
     shown = [s for s in statuses if (wanted is None or s["level"] == wanted)
@@ -402,7 +414,7 @@ def periodic_thread(server: Server, thread_name: FromPath[str]) -> Response[Any]
     registry = server.threads
     thread = registry.get(thread_name) if registry is not None else None
     if thread is None:
-        return _error(f"Thread not found: {thread_name}", 404)
+        raise HTTPError(404, f"Thread not found: {thread_name}")
     return _json(thread.get_status())
 
 
@@ -429,13 +441,13 @@ def env_document(environ: dict[str, str], show_secrets: bool) -> str:
      responses={200: openapi.text("the environment as sorted, indented JSON; secret-looking values `***`")})
 def env(server: Server) -> Response[str]:
     """The environment as sorted, pretty-printed JSON, served as text/plain."""
-    return _text(env_document(dict(os.environ), _options(server).env_show_secrets))
+    return _text(env_document(dict(os.environ), _config(server).env_show_secrets))
 
 
 # -- /run_script -----------------------------------------------------------------------------
 
 
-@post("/run_script", status_code=200, guards=[require_admin],
+@post("/run_script", status_code=200, guards=[require_admin], opt=TEXT_ERRORS_OPT,
       request_max_body_size=MAX_SCRIPT_BYTES + _MULTIPART_OVERHEAD,
       summary="Run an uploaded script (off unless --run-script-api-enabled)",
       operation_class=openapi.operation(body=openapi.multipart_body(["script"], "the Python file to run")),
@@ -447,91 +459,44 @@ def env(server: Server) -> Response[str]:
                                    "module not allowed, or ran out of time")})
 async def run_script_route(request: Request[Any, Any, Any], server: Server) -> Response[str]:
     """404 unless enabled; 400 without a ``script`` file; 200 with the result; 500 when the script fails."""
-    config = _options(server)
+    config = _config(server)
     if not config.run_script_api_enabled:
-        return _text("run_script is disabled (start the server with --run-script-api-enabled)", 404)
+        raise HTTPError(404, "run_script is disabled (start the server with --run-script-api-enabled)")
     try:
         form = await request.form()
     except ClientException as exc:  # a malformed multipart body; 413 when it is over the size limit
         if exc.status_code == 413:
-            return _text(f"Script larger than {MAX_SCRIPT_BYTES} bytes", 413)
-        return _text("No script file provided", 400)
+            raise HTTPError(413, f"Script larger than {MAX_SCRIPT_BYTES} bytes") from None
+        raise HTTPError(400, "No script file provided") from None
     upload = form.get("script")
     if not isinstance(upload, UploadFile):
-        return _text("No script file provided", 400)
+        raise HTTPError(400, "No script file provided")
     try:
         source = await upload.read(MAX_SCRIPT_BYTES + 1)
     finally:
         await upload.close()
     if len(source) > MAX_SCRIPT_BYTES:
-        return _text(f"Script larger than {MAX_SCRIPT_BYTES} bytes", 413)
+        raise HTTPError(413, f"Script larger than {MAX_SCRIPT_BYTES} bytes")
     try:
         text = await anyio.to_thread.run_sync(
             lambda: run_script(source, allowed_imports=config.script_allowed_imports,
                                timeout_s=config.run_script_timeout_seconds,
                                extra_globals={"app": request.app, "server": server}))
     except ScriptError as exc:
-        return _text(f"Error executing script: {exc}", 500)
+        raise HTTPError(500, f"Error executing script: {exc}") from None
     return _text(text)
 
 
 # -- options and hooks -----------------------------------------------------------------------
 
 
-def _module_names(text: str) -> list[str]:
-    """``"json, math os.path"`` → ``["json", "math", "os.path"]``; a malformed name is a usage error."""
-    names = [n for n in re.split(r"[,\s]+", text.strip()) if n]
-    for name in names:
-        if not _MODULE_NAME.fullmatch(name):
-            raise argparse.ArgumentTypeError(f"{name!r} is not a module name")
-    return names
-
-
-_module_names.__name__ = "module list"
-
-
-class _ExtendModules(argparse.Action):
-    """``--script-allowed-imports a b,c`` → ``["a", "b", "c"]`` (each token is already a list)."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Sequence[Any] | str | None, option_string: str | None = None) -> None:
-        flat: list[str] = []
-        for item in values or []:
-            flat.extend(item if isinstance(item, list) else [item])
-        setattr(namespace, self.dest, flat)
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be a positive, finite number of seconds")
-    return value
-
-
-_positive_seconds.__name__ = "seconds"
+@hookimpl
+def lmcache_register_config(register: RegisterConfig) -> None:
+    register(CONFIG_NAME, DiagnosticsConfig, title="diagnostics plugin", description="POST /run_script and GET /env.")
 
 
 @hookimpl
-def lmcache_add_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("diagnostics plugin", "POST /run_script and GET /env.")
-    group.add_argument("--run-script-api-enabled", action="store_true", default=False,
-                       help="enable POST /run_script (runs uploaded Python in-process: not a sandbox; "
-                            "set --http-admin-token too)")
-    group.add_argument("--script-allowed-imports", nargs="*", type=_module_names, action=_ExtendModules,
-                       default=[], metavar="MODULE",
-                       help="modules a /run_script script may import (space- or comma-separated)")
-    group.add_argument("--run-script-timeout-seconds", type=_positive_seconds, default=DEFAULT_SCRIPT_TIMEOUT_S,
-                       help="time limit of one /run_script script")
-    group.add_argument("--env-show-secrets", action="store_true", default=False,
-                       help="GET /env shows the values of variables named like *KEY*, *SECRET*, *TOKEN*, "
-                            "*PASSWORD*, *CREDENTIAL* (masked otherwise)")
-
-
-@hookimpl
-def lmcache_register_routes(register: Any) -> None:
+def lmcache_register_routes(register: RegisterRoutes) -> None:
     register(Router(path="/", route_handlers=[loglevel, threads, periodic_threads, periodic_thread,
                                              periodic_threads_health, env, run_script_route],
                     tags=["diagnostics"]))
@@ -539,8 +504,7 @@ def lmcache_register_routes(register: Any) -> None:
 
 @hookimpl
 def lmcache_startup(server: CacheServer) -> None:
-    config = _options(server)
-    server.register_config(CONFIG_NAME, config)
+    config = _config(server)
     if not config.run_script_api_enabled:
         return
     if getattr(server.configs.get("http"), "http_admin_token", None):
