@@ -125,6 +125,8 @@ class DataPath:
         self._lock = threading.Lock()
         self._workers: dict[int, _Worker] = {}
         self._engine_driven: dict[int, _EngineDrivenWorker] = {}
+        # (model, world size) -> chunk object size, read by every LOOKUP; rebuilt when workers change.
+        self._nbytes_memo: dict[tuple[str, int], int] = {}
         self._layouts: dict[tuple[str, int], int] = {}  # (model, world_size) -> live registrations
         self._requests: dict[str, _RequestMeta] = {}
         self._connections: dict[bytes, _Connection] = {}
@@ -219,6 +221,7 @@ class DataPath:
                 kv.close()
                 return None
             self._workers[args.instance_id] = _Worker(kv, now, now, signature=signature)
+            self._nbytes_memo = {}
             key = (args.model_name, args.world_size)
             self._layouts[key] = self._layouts.get(key, 0) + 1
         logger.info("registered KV cache of instance %s (%s, world size %d, %d layers on %s)",
@@ -273,6 +276,7 @@ class DataPath:
     def drop_worker(self, instance_id: int, reason: str) -> bool:
         """Forget a worker: its mapping, its layout reference (and, when it died, its locks)."""
         with self._lock:
+            self._nbytes_memo = {}
             worker: Any = self._workers.pop(instance_id, None)
             if worker is None:
                 worker = self._engine_driven.pop(instance_id, None)
@@ -446,6 +450,7 @@ class DataPath:
         now = self._clock()
         with self._lock:
             if p.instance_id not in self._engine_driven:
+                self._nbytes_memo = {}
                 self._engine_driven[p.instance_id] = _EngineDrivenWorker(p.model_name, p.world_size, shape, dtype,
                                                                          now, False, signature=p)
                 key = (p.model_name, p.world_size)
@@ -621,13 +626,22 @@ class DataPath:
 
     def object_nbytes_for(self, model_name: str, world_size: int) -> int | None:
         """The chunk object size of a registered (model, world size), from any of its workers."""
+        nbytes = self._nbytes_memo.get((model_name, world_size))
+        if nbytes is not None:
+            return nbytes
         with self._lock:
-            for w in self._workers.values():
-                if w.kv.model_name == model_name and w.kv.world_size == world_size:
-                    return w.kv.object_nbytes
-            for e in self._engine_driven.values():
-                if e.model_name == model_name and e.world_size == world_size:
-                    return e.object_nbytes
+            nbytes = self._object_nbytes_locked(model_name, world_size)
+            if nbytes is not None:
+                self._nbytes_memo[(model_name, world_size)] = nbytes
+        return nbytes
+
+    def _object_nbytes_locked(self, model_name: str, world_size: int) -> int | None:
+        for w in self._workers.values():
+            if w.kv.model_name == model_name and w.kv.world_size == world_size:
+                return w.kv.object_nbytes
+        for e in self._engine_driven.values():
+            if e.model_name == model_name and e.world_size == world_size:
+                return e.object_nbytes
         return None
 
     def op_free_lookup_locks(self, args: m.KeyTpArgs, identity: bytes) -> None:
@@ -677,10 +691,12 @@ class DataPath:
                 else:
                     lost = now - conn.last_seen > (reap_timeout if conn.pinged else grace)
                 if lost:
-                    gone.append(ident)
+                    gone.append((ident, list(conn.lookups)))
                     del self._connections[ident]
-        for ident in gone:
-            for request_id in self.lookups.release_owner(ident):
+        for ident, looked_up in gone:
+            # Its requests' sessions too: those still holding locks, and those it looked up whose
+            # END_SESSION never came (a worker killed between RETRIEVE and END_SESSION; issue 18).
+            for request_id in dict.fromkeys([*self.lookups.release_owner(ident), *looked_up]):
                 self.sessions.remove(request_id)
         return dead
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from lmcache_core.observability.metrics import Children
 from lmcache_core.storage.metrics import salt_label
 
 _LABELS = ["model_name", "cache_salt"]
@@ -70,14 +71,22 @@ def _active_prefetch_jobs() -> float:
 
 ACTIVE_PREFETCH_JOBS.set_function(_active_prefetch_jobs)
 
+# Children caches for the per-request updates (labels() costs as much as a small lookup's own work).
+_LOOKUPS, _LOOKUP_REQUESTED_TOKENS = Children(LOOKUPS), Children(LOOKUP_REQUESTED_TOKENS)
+_LOOKUP_HIT_TOKENS, _LOOKUP_HIT_KEYS = Children(LOOKUP_HIT_TOKENS), Children(LOOKUP_HIT_KEYS)
+_STORE_CHUNKS, _STORE_BYTES = Children(STORE_CHUNKS), Children(STORE_BYTES)
+_RETRIEVE_CHUNKS, _RETRIEVE_BYTES = Children(RETRIEVE_CHUNKS), Children(RETRIEVE_BYTES)
+_CHILDREN = (_LOOKUPS, _LOOKUP_REQUESTED_TOKENS, _LOOKUP_HIT_TOKENS, _LOOKUP_HIT_KEYS, _STORE_CHUNKS, _STORE_BYTES,
+             _RETRIEVE_CHUNKS, _RETRIEVE_BYTES)
+
 _ALL = (LOOKUPS, LOOKUP_REQUESTED_TOKENS, LOOKUP_HIT_TOKENS, LOOKUP_HIT_KEYS, LOOKUP_EARLY_EXIT,
         STORE_CHUNKS, STORE_BYTES, RETRIEVE_CHUNKS, RETRIEVE_BYTES, STORE_GBPS, RETRIEVE_GBPS)
 
 
 def record_lookup(model_name: str, cache_salt: str, requested_tokens: int) -> None:
     labels = (model_name, salt_label(cache_salt))
-    LOOKUPS.labels(*labels).inc()
-    LOOKUP_REQUESTED_TOKENS.labels(*labels).inc(requested_tokens)
+    _LOOKUPS(*labels).inc()
+    _LOOKUP_REQUESTED_TOKENS(*labels).inc(requested_tokens)
 
 
 def record_lookup_hits(model_name: str, cache_salt: str, tier: str, chunks: int, chunk_size: int,
@@ -85,8 +94,8 @@ def record_lookup_hits(model_name: str, cache_salt: str, tier: str, chunks: int,
     if chunks <= 0:
         return
     labels = (model_name, salt_label(cache_salt), tier)
-    LOOKUP_HIT_TOKENS.labels(*labels).inc(chunks * chunk_size)
-    LOOKUP_HIT_KEYS.labels(*labels).inc(chunks * keys_per_chunk)
+    _LOOKUP_HIT_TOKENS(*labels).inc(chunks * chunk_size)
+    _LOOKUP_HIT_KEYS(*labels).inc(chunks * keys_per_chunk)
 
 
 def record_early_exit(reason: str) -> None:
@@ -98,18 +107,20 @@ def record_transfer(op: str, model_name: str, cache_salt: str, device: str, chun
     """One finished STORE (``op="store"``) or RETRIEVE (``"retrieve"``) of ``chunks`` objects."""
     labels = (model_name, salt_label(cache_salt))
     if op == "store":
-        STORE_CHUNKS.labels(*labels).inc(chunks)
-        STORE_BYTES.labels(*labels).inc(nbytes)
+        _STORE_CHUNKS(*labels).inc(chunks)
+        _STORE_BYTES(*labels).inc(nbytes)
         if seconds > 0:
             STORE_GBPS.labels(device).observe(nbytes / seconds / 1e9)
     else:
-        RETRIEVE_CHUNKS.labels(*labels).inc(chunks)
-        RETRIEVE_BYTES.labels(*labels).inc(nbytes)
+        _RETRIEVE_CHUNKS(*labels).inc(chunks)
+        _RETRIEVE_BYTES(*labels).inc(nbytes)
         if seconds > 0:
             RETRIEVE_GBPS.labels(device).observe(nbytes / seconds / 1e9)
 
 
 def reset() -> None:
     """Zero the data-path metrics (``POST /metrics/reset``)."""
+    for children in _CHILDREN:
+        children.clear()
     for metric in _ALL:
         metric.clear()

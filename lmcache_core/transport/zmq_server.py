@@ -41,11 +41,13 @@ from typing import Any
 import zmq
 from prometheus_client import Counter
 
+from lmcache_core.observability.metrics import Children
 from lmcache_core.transport import wire
 
 logger = logging.getLogger(__name__)
 
 ZMQ_REQUESTS = Counter("lmcache_mp_zmq_requests", "ZMQ requests by operation and outcome", ["op", "outcome"])
+ZMQ_REQUEST_CHILDREN = Children(ZMQ_REQUESTS)  # the per-request counter, without labels() on the loop thread
 
 
 class Dispatch(enum.Enum):
@@ -391,10 +393,10 @@ class ZmqServer:
             value = spec.fn(request.args, identity)
             reply = wire.encode_reply(request, value)
         except Exception as exc:
-            ZMQ_REQUESTS.labels(op, "failed").inc()
+            ZMQ_REQUEST_CHILDREN(op, "failed").inc()
             self._log_once(f"{op} failed: {type(exc).__name__}: {exc}", exc_info=True)
             if spec.failure is NO_FALLBACK:
                 return wire.encode_error_reply(request.uid_frame, f"{op} failed: {type(exc).__name__}")
             return wire.encode_reply(request, spec.failure)
-        ZMQ_REQUESTS.labels(op, "ok").inc()
+        ZMQ_REQUEST_CHILDREN(op, "ok").inc()
         return reply
