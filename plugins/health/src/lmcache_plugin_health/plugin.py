@@ -22,13 +22,10 @@ secret. Both run on the event loop (``sync_to_thread=False``): they do no work.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
-from litestar import Response, Router, get
+from litestar import Router, get
 
-from lmcache_core import hookimpl
-from lmcache_core.http.deps import Engine, unavailable_body
+from lmcache_core.api import Engine, HTTPError, RegisterRoutes, error_envelope, hookimpl, status_reason
 
 
 class Liveness(msgspec.Struct):
@@ -46,7 +43,8 @@ class Readiness(msgspec.Struct):
 
 ROOT_BODY = Liveness(status="ok", service="LMCache HTTP API")
 HEALTHY_BODY = Readiness(status="healthy")
-UNHEALTHY_BODY = {"status": "unhealthy", "reason": "engine not initialized"}
+UNHEALTHY = status_reason("unhealthy")
+"""This group's error envelope: ``{"status": "unhealthy", "reason": <message>}`` (the engine's 503 included)."""
 LOOP_STALL_UNHEALTHY_S = 5.0
 """The ZMQ loop wakes every 0.5 s at least; this long without a round means it is stuck."""
 
@@ -58,19 +56,18 @@ def root() -> Liveness:
 
 
 @get("/healthcheck", sync_to_thread=False, summary="Readiness probe")
-def healthcheck(engine: Engine) -> Readiness | Response[dict[str, str]]:
+def healthcheck(engine: Engine) -> Readiness:
     """200 ``{"status": "healthy"}`` once the engine is wired; 503 otherwise (through the ``engine`` dependency),
     and 503 while the ZMQ data-path loop has not gone round for :data:`LOOP_STALL_UNHEALTHY_S` seconds."""
     stalled = engine.zmq.stalled_for() if engine.zmq is not None else 0.0
     if stalled > LOOP_STALL_UNHEALTHY_S:
-        return Response({"status": "unhealthy", "reason": f"data path loop stalled for {stalled:.0f} s"},
-                        status_code=503)
+        raise HTTPError(503, f"data path loop stalled for {stalled:.0f} s")
     return HEALTHY_BODY
 
 
-router = Router(path="/", route_handlers=[root, healthcheck], tags=["health"], opt=unavailable_body(UNHEALTHY_BODY))
+router = Router(path="/", route_handlers=[root, healthcheck], tags=["health"], opt=error_envelope(UNHEALTHY))
 
 
 @hookimpl
-def lmcache_register_routes(register: Any) -> None:
+def lmcache_register_routes(register: RegisterRoutes) -> None:
     register(router)
