@@ -6,15 +6,10 @@ rendered on a worker thread: with many label sets it is not free.
 
 from __future__ import annotations
 
-from typing import Any
-
 from litestar import Response, Router, get, post
 from prometheus_client import REGISTRY, generate_latest
 
-from lmcache_core import hookimpl
-from lmcache_core.http import openapi
-from lmcache_core.http.guard import require_admin
-from lmcache_core.observability.metrics import reset_all
+from lmcache_core.api import RegisterRoutes, hookimpl, openapi, require_admin, reset_metrics
 
 
 # The classic text format that every Prometheus scrapes (and the API document names);
@@ -33,10 +28,10 @@ def metrics() -> Response[bytes]:
       summary="Reset lmcache-server's metrics", responses={200: openapi.text("`ok`")})
 def reset() -> Response[str]:
     """Zero lmcache-server's own counters (for test harnesses and benchmarks); answers ``ok``."""
-    reset_all()
+    reset_metrics()
     return Response("ok", media_type="text/plain")
 
 
 @hookimpl
-def lmcache_register_routes(register: Any) -> None:
+def lmcache_register_routes(register: RegisterRoutes) -> None:
     register(Router(path="/", route_handlers=[metrics, reset], tags=["metrics"]))
