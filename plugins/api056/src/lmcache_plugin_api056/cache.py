@@ -14,17 +14,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lmcache_core.keys import (
+from lmcache_core.api import (
+    CacheServer,
     EncodedObjectKey,
     InvalidKeyError,
+    L1Result,
+    L2Adapter,
     ObjectKey,
+    Reconfigurable,
     kv_ranks_for_world,
     validate_cache_salt,
     validate_model_name,
 )
-from lmcache_core.server import CacheServer
-from lmcache_core.storage.l1 import L1Result
-from lmcache_core.storage.l2.base import L2Adapter, Reconfigurable
 
 logger = logging.getLogger(__name__)
 

@@ -79,12 +79,7 @@ from litestar import MediaType, Request, Response, Router, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, PathParameter, QueryParameter
 
-from lmcache_core import hookimpl
-from lmcache_core.config import masked
-from lmcache_core.http import openapi
-from lmcache_core.http.deps import Engine, unavailable_body
-from lmcache_core.http.guard import require_admin
-from lmcache_core.server import CacheServer
+from lmcache_core.api import CacheServer, Engine, hookimpl, masked, openapi, require_admin, unavailable_body
 
 from . import cache, reconfigure
 from .validation import (

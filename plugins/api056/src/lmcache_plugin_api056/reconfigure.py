@@ -15,9 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lmcache_core.server import CacheServer
-from lmcache_core.storage.l2.base import L2Adapter, Reconfigurable, ReconfigureError
-from lmcache_core.units import SIZE_ERROR, parse_size
+from lmcache_core.api import SIZE_ERROR, CacheServer, L2Adapter, Reconfigurable, ReconfigureError, parse_size
 
 from .validation import REQUIRED, Fields, Invalid, Issue, Loc, as_bool, as_int, as_str, choice, fields_of, issue
 
