@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,9 +48,18 @@ def key(n: int, salt: str = "") -> ObjectKey:
     return ObjectKey(n.to_bytes(4, "big") * 8, "dax/model", 0, 0, salt)
 
 
+_PATTERN = bytes((i * 7) % 251 for i in range(251))
+
+
+@functools.lru_cache(maxsize=4096)
 def payload(n: int, size: int = OBJ) -> torch.Tensor:
-    """Object ``n``'s bytes: distinct per object and per position."""
-    return ((torch.arange(size, dtype=torch.int64) * 7 + n * 131) % 251).to(torch.uint8)
+    """Object ``n``'s bytes: distinct per object and per position (cached: callers only read it).
+
+    Built from bytes, not torch arithmetic: torch's intra-op threads crawl on a busy machine."""
+    shift = (n * 131) % 251
+    period = _PATTERN[shift:] + _PATTERN[:shift]
+    raw = (period * (size // 251 + 1))[:size]
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
 
 
 def make_config(**fields: Any) -> DaxAdapterConfig:
