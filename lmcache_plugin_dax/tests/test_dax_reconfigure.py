@@ -114,6 +114,8 @@ def test_remove_migrate_keeps_every_key(live: Live, devs: Path) -> None:
     assert adapter.report_status()["stored_object_count"] == before == 12
     assert load_equal(adapter, list(range(12))) == [True] * 12
     assert adapter_status(live)["total_capacity_bytes"] == PER_DEVICE * SLOT
+    # paths are compared normalised
+    assert ok(live.post("add", {"device_path": f"{devs}//./dax1.0", "size": MIB}))["already_mapped"] is True
     # the tombstone is not a mapping: removing it again is 404, adding it back works
     refused(live, "remove", {"device_path": str(devs / "dax0.0")}, 404)
     ok(live.post("add", {"device_path": str(devs / "dax0.0"), "size": MIB}))

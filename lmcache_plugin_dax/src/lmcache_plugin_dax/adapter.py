@@ -227,7 +227,8 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
         self._watcher: threading.Thread | None = None
         try:
             for device in config.device_list():
-                self._map_device(device.device_path, os.path.realpath(device.device_path), device.size_bytes)
+                path = os.path.normpath(device.device_path.strip())
+                self._map_device(path, os.path.realpath(path), device.size_bytes)
             recovered = self._scan_all() if self.persist else []
             self._recovered = recovered
         except BaseException:
@@ -608,7 +609,7 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
 
     def _find(self, path: str) -> tuple[int, Device]:
         """Under the lock: the mapped (non-removed) device with this path; 404 otherwise."""
-        wanted = path.strip()
+        wanted = os.path.normpath(path.strip()) if path.strip() else ""
         for i, d in enumerate(self._devices):
             if d.path == wanted and d.state not in ("removed", "closed"):
                 return i, d

@@ -37,7 +37,7 @@ class Refused(ValueError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """A confined path: as given, resolved, and the stat of what it resolves to."""
+    """A confined path: as given (normalised: no ``//`` or ``/./``), resolved, and the stat of what it resolves to."""
 
     path: str
     real: str
@@ -76,7 +76,7 @@ def confine(path: str, roots: list[str]) -> Resolved:
         raise Refused(f"device_path {path!r} cannot be opened: {exc.strerror}") from None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
         raise Refused(f"device_path {path!r} is neither a character device nor a regular file")
-    return Resolved(path, real, st)
+    return Resolved(normal, real, st)
 
 
 def identity(st: os.stat_result) -> tuple[bool, int, int] | None:
