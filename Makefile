@@ -17,7 +17,7 @@ RUN_ARGS  ?= --http-host $(HTTP_HOST) --http-port $(HTTP_PORT) --l1-size-gb 1 \
              --l2-adapter '{"type":"fs","base_path":".lmcache"}'
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench interop dist clean
+.PHONY: install run test bench soak interop dist clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The reliability campaign (issue 18): 10 minutes of load, faults and checks; one JSON report.
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(BIN)/lmcache-server bench chaos --duration $(SOAK_SECONDS)
 
 bench: $(STAMP)
 	$(BIN)/lmcache-server bench all
