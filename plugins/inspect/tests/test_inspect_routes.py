@@ -183,7 +183,8 @@ class Live:
         return kv
 
     def status(self) -> dict[str, Any]:
-        resp = httpx.get(f"{self.url}/status", timeout=TIMEOUT)
+        # As the admin: with a token set, only the admin sees instance ids (test_security_status.py).
+        resp = httpx.get(f"{self.url}/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=TIMEOUT)
         assert resp.status_code == 200, resp.text
         assert resp.headers["content-type"] == JSON
         return resp.json()  # type: ignore[no-any-return]
@@ -400,7 +401,7 @@ def test_conf_is_every_registered_config_as_one_indented_json_document(live: Liv
     assert resp.status_code == 200
     assert resp.headers["content-type"] == JSON
     doc = resp.json()
-    assert list(doc) == [*CORE_SECTIONS, "secretive", "dataclassy"]
+    assert list(doc) == [*CORE_SECTIONS, "security", "secretive", "dataclassy"]  # security: the core.security plugin
     assert resp.text == json.dumps(doc, indent=2, ensure_ascii=False)  # indent 2, non-ASCII kept
     assert "grüß dich ✓" in resp.content.decode("utf-8")
     assert doc["mp"]["chunk_size"] == 256 and doc["mp"]["host"] == "127.0.0.1"
@@ -438,7 +439,7 @@ def test_conf_answers_before_start_with_what_the_process_loaded(lmcache_server_f
     server = lmcache_server_factory(PLUGINS, options=full_options(), start=False)
     resp = get(f"{lmcache_http(server)}/conf")
     assert resp.status_code == 200
-    assert list(resp.json()) == CORE_SECTIONS  # plugin configs join at startup
+    assert list(resp.json()) == [*CORE_SECTIONS, "security"]  # declared: built with the server
     assert ADMIN_TOKEN not in resp.text and AWS_SECRET not in resp.text
 
 

@@ -35,7 +35,12 @@ Decisions where the seed is silent, and departures from LMCache:
   rather than its ``str()`` (which could carry a secret). Non-finite floats are written as the
   strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` so the body stays valid JSON (LMCache's
   newest renderer answers 500 there).
-* ``/status`` and ``/conf`` are reads: no admin guard, even with ``--http-admin-token``.
+* ``/status`` and ``/conf`` are reads: no admin guard, even with ``--http-admin-token``; but
+  with a token set, ``/status`` shows worker instance ids (``registered_gpu_ids``,
+  ``registered_non_cuda_instance_ids``, ``cache_context_meta``, ``non_cuda_context_meta``)
+  only to a request carrying it: the others see empty lists/maps,
+  ``registered_instance_count`` and ``instance_ids_hidden: true`` (an instance id is what a
+  data-path client needs to reach a worker's KV cache; docs/security.md).
   Both run on a worker thread (``sync_to_thread=True``): the status takes the components'
   locks only long enough to copy counters, and nothing is serialized under a lock.
 * The configs are snapshot (``dict(server.configs)``) before rendering, so a plugin
@@ -49,13 +54,14 @@ import math
 from typing import Any
 
 import msgspec
-from litestar import MediaType, Response, Router, get
+from litestar import MediaType, Request, Response, Router, get
 from litestar.datastructures import State
 
 from lmcache_core import buildinfo, hookimpl
 from lmcache_core.config import masked
 from lmcache_core.http import openapi
 from lmcache_core.http.deps import Engine, unavailable_body
+from lmcache_core.api import has_admin_token
 
 ENGINE_UNAVAILABLE = {"error": "engine not initialized"}
 CONFIGS_UNAVAILABLE = {"error": "configs not initialized"}
@@ -89,10 +95,38 @@ def with_056_fields(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+INSTANCE_ID_FIELDS = ("registered_gpu_ids", "registered_non_cuda_instance_ids")
+INSTANCE_KEYED_FIELDS = ("cache_context_meta", "non_cuda_context_meta")
+
+
+def without_instance_ids(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the worker instance ids (and the per-instance sections keyed by them) hidden.
+
+    An instance id is all a data-path client needs to STORE into or RETRIEVE from that
+    worker's KV cache (docs/security.md), so with ``--http-admin-token`` set only the admin
+    sees them; everyone else gets the counts (``registered_instance_count``) and
+    ``instance_ids_hidden: true``.
+    """
+    ids = [i for field in INSTANCE_ID_FIELDS for i in (doc.get(field) or [])]
+    for field in INSTANCE_ID_FIELDS:
+        if field in doc:
+            doc[field] = []
+    for field in INSTANCE_KEYED_FIELDS:
+        if field in doc:
+            doc[field] = {}
+    doc["registered_instance_count"] = len(ids)
+    doc["instance_ids_hidden"] = True
+    return doc
+
+
 @get("/status", sync_to_thread=True, summary="Engine snapshot")
-def status(engine: Engine) -> dict[str, Any]:
-    """Every status contribution merged into one document (plus 0.5.6's names, :func:`with_056_fields`)."""
-    return with_056_fields(engine.status())
+def status(engine: Engine, request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Every status contribution merged into one document (plus 0.5.6's names, :func:`with_056_fields`);
+    with an admin token set, instance ids only for a request that carries it (:func:`without_instance_ids`)."""
+    doc = with_056_fields(engine.status())
+    if engine.http_config.http_admin_token and not has_admin_token(request):
+        doc = without_instance_ids(doc)
+    return doc
 
 
 def _finite(value: Any) -> Any:
