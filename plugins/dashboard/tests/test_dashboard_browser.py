@@ -76,7 +76,10 @@ def test_page_matches_status_and_metrics(browser: Any, lmcache_server_factory: A
             shown = page_values(browser, list(want))
             return polls(browser) > start and all(close_enough(shown[k], v) for k, v in want.items())
 
-        wait_for(matches, f"the page to show {want} (it shows {page_values(browser, list(want))})", 10.0)
+        try:
+            wait_for(matches, "the page to show what /status and /metrics say", 15.0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: want {want}, the page shows {page_values(browser, list(want))}") from None
         assert browser.find_element("id", "state").get_attribute("data-state") == "live"
         assert browser.find_element("id", "state").text == "live"
         # charts: a point per poll per series since the page opened
