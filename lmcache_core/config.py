@@ -8,7 +8,7 @@ the flags, variables, defaults and help text are derived from the Struct's field
 section once, before the server starts. Field names equal the argparse ``dest``
 of their flag, so a section is built from parsed arguments by name
 (:func:`section_from_args`). Defaults follow LMCache 0.5.6 where it has the
-flag (``spec/lmcache-mp-core.md`` §1), with two deliberate differences:
+flag (as its ``lmcache server --help`` shows), with two deliberate differences:
 ``--l1-size-gb`` defaults to 1 and ``--eviction-policy`` to ``LRU`` (LMCache
 requires both), so ``lmcache-server`` with no flags starts a useful server;
 and ``--http-host`` defaults to ``127.0.0.1`` (LMCache's code binds 0.0.0.0,
@@ -50,6 +50,7 @@ class StorageManagerConfig(msgspec.Struct, kw_only=True):
     """L1, eviction and the L2 cascade."""
 
     l1_size_gb: float = 1.0
+    l1_prefault_ahead_gb: float = 0.0
     l1_align_bytes: int = 4096
     l1_write_ttl_seconds: float = 600.0
     l1_read_ttl_seconds: float = 300.0

@@ -76,6 +76,9 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
 
     st = parser.add_argument_group("storage", "L1 (CPU memory), eviction and the L2 cascade.")
     st.add_argument("--l1-size-gb", type=POSITIVE_FLOAT, default=1.0, help="L1 capacity in GiB (reserved lazily)")
+    st.add_argument("--l1-prefault-ahead-gb", type=NON_NEGATIVE_FLOAT, default=0.0,
+                    help="keep this much L1 memory past what is in use populated in the background, so "
+                         "first-fill STOREs do not page-fault (0: off, memory is touched as STOREs come)")
     st.add_argument("--l1-align-bytes", type=power_of_two, default=4096, help="L1 object alignment")
     st.add_argument("--l1-write-ttl-seconds", type=POSITIVE_FLOAT, default=600.0, help="TTL of an object's write lock")
     st.add_argument("--l1-read-ttl-seconds", type=POSITIVE_FLOAT, default=300.0, help="TTL of an object's read lock")

@@ -238,6 +238,11 @@ class Arena:
     # -- access -------------------------------------------------------------------------
 
     @property
+    def mapping(self) -> mmap.mmap | None:
+        """The arena's ``mmap`` (None once closed), for ``madvise`` by the pre-faulter."""
+        return self._mmap
+
+    @property
     def tensor(self) -> torch.Tensor:
         """The whole arena as a flat uint8 tensor."""
         if self._tensor is None:
@@ -493,6 +498,11 @@ class SlabAllocator:
     def used(self) -> int:
         """Bytes held by live objects (aligned sizes)."""
         return self._used
+
+    @property
+    def high_water(self) -> int:
+        """The end of the highest slab ever carved: bytes past it have never been handed out."""
+        return self._high_water
 
     def stats(self) -> dict[str, int]:
         """Slab-level counters for status pages."""

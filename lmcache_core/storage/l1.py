@@ -48,6 +48,7 @@ import torch
 
 from lmcache_core.storage import metrics
 from lmcache_core.storage.arena import Arena, SlabAllocator
+from lmcache_core.storage.prefault import Prefaulter
 
 if TYPE_CHECKING:
     from lmcache_core.keys import ObjectKey
@@ -163,15 +164,25 @@ class L1Manager:
         shm_name: str | None = None,
         pin: bool | None = None,
         enable_metrics: bool = True,
+        prefault_ahead_bytes: int = 0,
     ) -> None:
-        """Build the tier; see the class docstring for ``arena``."""
+        """Build the tier; see the class docstring for ``arena``.
+
+        ``prefault_ahead_bytes > 0`` keeps that much memory past the allocator's high-water
+        mark populated in the background (:mod:`lmcache_core.storage.prefault`)."""
         if write_ttl_seconds <= 0 or read_ttl_seconds <= 0:
             raise ValueError("TTLs must be positive")
         self._arena = arena if isinstance(arena, Arena) else Arena(int(arena), shm_name=shm_name, pin=pin)
-        alloc_kw: dict[str, Any] = {"on_grow": self._arena.ensure_pinned}
+        self._prefault: Prefaulter | None = None
+        alloc_kw: dict[str, Any] = {"on_grow": self._on_grow}
         if slab_bytes is not None:
             alloc_kw["slab_bytes"] = slab_bytes
         self._alloc = SlabAllocator(self._arena.size, align_bytes, **alloc_kw)
+        if prefault_ahead_bytes > 0 and self._arena.mapping is not None:
+            alloc = self._alloc
+            self._prefault = Prefaulter(self._arena.mapping, self._arena.size, lambda: alloc.high_water,
+                                        prefault_ahead_bytes)
+            self._prefault.start()
         self.align_bytes = align_bytes
         self.write_ttl_seconds = float(write_ttl_seconds)
         self.read_ttl_seconds = float(read_ttl_seconds)
@@ -199,6 +210,11 @@ class L1Manager:
         self._salt_bytes: dict[str, int] = {}
         if enable_metrics:
             metrics.bind_l1(self)
+
+    def _on_grow(self, end: int) -> None:
+        self._arena.ensure_pinned(end)
+        if self._prefault is not None:
+            self._prefault.poke()
 
     # -- listeners ----------------------------------------------------------------------
 
@@ -685,6 +701,8 @@ class L1Manager:
             self._salt_bytes.clear()
             self._temporary_count = 0
             self._listeners = []
+        if self._prefault is not None:
+            self._prefault.stop()
         if self._metrics:
             metrics.unbind_l1(self)
         self._arena.close()

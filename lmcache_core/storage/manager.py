@@ -77,6 +77,7 @@ class StorageManager:
             read_ttl_seconds=config.l1_read_ttl_seconds,
             shm_name=shm_name,
             enable_metrics=enable_metrics,
+            prefault_ahead_bytes=int(config.l1_prefault_ahead_gb * GIB),
         )
         self.quotas = QuotaManager()
         self.quotas.register_usage_provider("l1", self.l1.usage_by_salt)

@@ -1,0 +1,112 @@
+"""The opt-in L1 pre-faulter: memory past the allocator's high-water mark is populated ahead of STOREs.
+
+Residency is read from the kernel (``/proc/self/smaps``, the arena mapping's ``Rss``),
+and polled to a deadline: the pre-faulter is a background thread.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from lmcache_core.keys import ObjectKey
+from lmcache_core.storage.l1 import L1Manager, L1Result
+from lmcache_core.storage.prefault import MADV_POPULATE_WRITE
+
+MIB = 1 << 20
+
+
+def mapping_rss(address: int) -> int:
+    """Resident bytes of the mapping of this process that contains ``address``."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and line.startswith("Rss:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no mapping contains {address:#x}")
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def key(i: int) -> ObjectKey:
+    return ObjectKey(i.to_bytes(32, "big"), "m", 0, 0, "")
+
+
+def kernel_supports_populate_write() -> bool:
+    import mmap
+
+    mm = mmap.mmap(-1, 4096)
+    try:
+        mm.madvise(MADV_POPULATE_WRITE, 0, 4096)
+        return True
+    except OSError:
+        return False
+    finally:
+        mm.close()
+
+
+def test_default_is_lazy_nothing_is_touched_before_a_store():
+    l1 = L1Manager(256 * MIB)
+    try:
+        base = l1._arena.tensor.data_ptr()
+        assert mapping_rss(base) == 0
+        assert l1._prefault is None
+    finally:
+        l1.close()
+
+
+def test_this_kernel_can_populate_ahead():
+    # The pre-faulter needs Linux >= 5.14; elsewhere it logs once and the server runs lazily.
+    assert kernel_supports_populate_write()
+
+
+def test_prefaulter_keeps_memory_ahead_of_the_high_water_mark_and_never_changes_bytes():
+    ahead = 32 * MIB
+    l1 = L1Manager(512 * MIB, prefault_ahead_bytes=ahead)
+    try:
+        base = l1._arena.tensor.data_ptr()
+        assert wait_for(lambda: mapping_rss(base) >= ahead)
+        assert mapping_rss(base) <= ahead + 2 * MIB  # ahead of use, not the configured size
+        # Store 48 objects of 1 MiB with a known pattern: the high-water mark moves past them.
+        keys = [key(i) for i in range(48)]
+        views = l1.reserve_write(keys, MIB)
+        assert all(r == L1Result.SUCCESS for r in views.results)
+        for i, v in enumerate(views.views):
+            v.fill_(i % 251)
+        l1.finish_write(keys)
+        high = l1._alloc.high_water
+        assert high >= 48 * MIB
+        assert wait_for(lambda: mapping_rss(base) >= high + ahead - 2 * MIB)
+        assert mapping_rss(base) <= high + ahead + 2 * MIB
+        read = l1.reserve_read(keys)
+        assert all(r == L1Result.SUCCESS for r in read)
+        got = l1.read(keys)
+        for i, v in enumerate(got.views):
+            assert torch.all(v == i % 251)
+        l1.finish_read(keys)
+    finally:
+        l1.close()
+
+
+def test_the_launcher_flag_reaches_the_storage_config():
+    from lmcache_core.config import build_configs
+    from lmcache_core.testing import parse_options
+
+    args = parse_options([], ["--l1-prefault-ahead-gb", "0.5"])
+    assert build_configs(args)["storage_manager"].l1_prefault_ahead_gb == 0.5
+    assert build_configs(parse_options([], []))["storage_manager"].l1_prefault_ahead_gb == 0.0  # off by default
+    with pytest.raises(SystemExit):
+        parse_options([], ["--l1-prefault-ahead-gb", "-1"])
