@@ -1,10 +1,13 @@
 """Fixtures for the s3 adapter tests: one real moto S3 server (a subprocess on 127.0.0.1) per session,
-a fresh bucket per test, and adapters on it closed at teardown."""
+a fresh bucket per test, and adapters on it closed at teardown. This folder joins ``sys.path`` so the
+server-level tests import ``s3_support``."""
 
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -15,6 +18,8 @@ from lmcache_plugin_s3.testing import MotoS3
 from lmcache_core.storage.l2.base import L2AdapterContext
 
 _buckets = itertools.count()
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,7 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,59 +21,13 @@ from lmcache_plugin_s3.testing import (
     Worker,
     clean_env,
     hosts_namespace_cmd,
-    serve_cmd,
     stable_port,
 )
 
+from s3_support import bucket_objects, flushed, http_json, our_server, s3_status, until
+
 from lmcache_core.cli import main as cli_main
-from lmcache_core.testing import free_port, server_process
-
-DEADLINE_S = 60.0
-
-
-def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 (loopback)
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def _s3_status(http: str) -> dict[str, Any]:
-    return _http("GET", f"{http}/status")[1]["storage_manager"]["l2_adapters"][0]
-
-
-def _until(what: str, fn: Any, deadline_s: float = DEADLINE_S, context: Any = None) -> Any:
-    """Poll ``fn`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {context() if context else ''}"
-        time.sleep(0.05)
-
-
-def _flushed(http: str, stored: int) -> bool:
-    sc = _http("GET", f"{http}/status")[1]["storage_manager"]["store_controller"]
-    return sc["pending_keys_count"] == 0 and sc["in_flight_key_count"] == 0 and sc["stored_keys"] >= stored
-
-
-@contextlib.contextmanager
-def _server(adapter: dict[str, Any], log: Path, *, wrap: Any = None, extra: tuple[str, ...] = ()) -> Iterator[
-        tuple[str, str, subprocess.Popen]]:
-    zp, hp = free_port(), free_port()
-    cmd = serve_cmd(zp, hp, adapter, *extra)
-    with server_process(wrap(cmd) if wrap else cmd, f"http://127.0.0.1:{hp}/healthcheck", env=clean_env(),
-                        log=log) as proc:
-        yield f"tcp://127.0.0.1:{zp}", f"http://127.0.0.1:{hp}", proc
-
-
-def _objects(moto: MotoS3, bucket: str) -> list[str]:
-    return [o["Key"] for o in moto.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
-
+from lmcache_core.testing import free_port
 
 def test_two_servers_on_one_bucket_behave_as_one_cache(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> None:
     """A (virtual-hosted, through a hosts file in a private mount namespace) stores; B (path style) hits with
@@ -84,26 +35,26 @@ def test_two_servers_on_one_bucket_behave_as_one_cache(moto_s3: MotoS3, bucket: 
     virtual = moto_s3.adapter_config(bucket, style="virtual")
     path = moto_s3.adapter_config(bucket)
     wrap = lambda cmd: hosts_namespace_cmd(cmd, tmp_path / "hosts", [f"{bucket}.localhost"])  # noqa: E731
-    with _server(virtual, tmp_path / "a.log", wrap=wrap) as (a_zmq, a_http, _), \
-            _server(path, tmp_path / "b.log") as (b_zmq, b_http, _):
+    with our_server(virtual, tmp_path / "a.log", wrap=wrap) as (a_zmq, a_http, _), \
+            our_server(path, tmp_path / "b.log") as (b_zmq, b_http, _):
         a, b = Worker(a_zmq, 11, "fleet/model"), Worker(b_zmq, 12, "fleet/model")
         try:
             ok, stored = a.store(seq=1, chunks=3)
             assert ok
-            _until("A's write-behind", lambda: _flushed(a_http, 3))
-            assert len(_objects(moto_s3, bucket)) == 3  # the virtual-hosted writes reached the bucket
+            until("A's write-behind", lambda: flushed(a_http, 3))
+            assert len(bucket_objects(moto_s3, bucket)) == 3  # the virtual-hosted writes reached the bucket
             hits, ok, got = b.lookup_retrieve(seq=1, chunks=3)
             assert (hits, ok) == (3, True)
             assert all(torch.equal(x, y) for x, y in zip(stored, got))
             # A deletes every object (it lists them from the bucket); B then misses cleanly.
-            status, page = _http("GET", f"{a_http}/l2/keys")
+            status, page = http_json("GET", f"{a_http}/l2/keys")
             assert status == 200 and len(page["entries"]) == 3
-            status, answer = _http("DELETE", f"{a_http}/l2", {"keys": [e["key"] for e in page["entries"]]})
+            status, answer = http_json("DELETE", f"{a_http}/l2", {"keys": [e["key"] for e in page["entries"]]})
             assert (status, answer["ok"], answer["requested"]) == (200, True, 3)
-            assert _objects(moto_s3, bucket) == []
-            assert _http("POST", f"{b_http}/clear-cache")[0] == 200  # B's L1 copy is not what is tested
+            assert bucket_objects(moto_s3, bucket) == []
+            assert http_json("POST", f"{b_http}/clear-cache")[0] == 200  # B's L1 copy is not what is tested
             assert b.lookup(seq=1, chunks=3) == 0
-            s3_b = _s3_status(b_http)
+            s3_b = s3_status(b_http)
             assert s3_b["failures"]["load"] == 0 and s3_b["is_healthy"] is True
         finally:
             a.close()
@@ -119,11 +70,11 @@ def test_outages_and_a_hung_s3_are_survived(tmp_path: Path) -> None:
     adapter = moto.adapter_config(bucket, connect_timeout_s=0.5, read_timeout_s=1.0, lookup_timeout_s=0.5,
                                   retries=0, breaker_backoff_s=0.2, breaker_max_backoff_s=1.0)
     try:
-        with _server(adapter, tmp_path / "server.log") as (zmq, http, proc):
+        with our_server(adapter, tmp_path / "server.log") as (zmq, http, proc):
             w = Worker(zmq, 21, "outage/model", timeout_s=10.0)
             try:
                 assert w.store(seq=1, chunks=2)[0]
-                _until("the first write-behind", lambda: _flushed(http, 2))
+                until("the first write-behind", lambda: flushed(http, 2))
                 for phase, outage in enumerate(("stopped", "hung")):
                     first = 10 + 10 * phase  # new sequences: what L1 holds already is not stored again
                     moto.stop()
@@ -133,15 +84,15 @@ def test_outages_and_a_hung_s3_are_survived(tmp_path: Path) -> None:
                         # STORE keeps answering (the write-behind meets the outage, not the worker) ...
                         for seq in range(first, first + 6):
                             assert w.store(seq=seq, chunks=2)[0]
-                        _until(f"the breaker to open ({outage})",
-                               lambda: _s3_status(http)["breaker"]["state"] != "closed", context=lambda: _s3_status(http))
+                        until(f"the breaker to open ({outage})",
+                               lambda: s3_status(http)["breaker"]["state"] != "closed", context=lambda: s3_status(http))
                         # ... the server stays ready, L1 keeps serving, and the lookup of a missing prefix
                         # answers (a miss from S3, at once while the breaker is open).
-                        assert _http("GET", f"{http}/healthcheck") == (200, {"status": "healthy"})
+                        assert http_json("GET", f"{http}/healthcheck") == (200, {"status": "healthy"})
                         hits, ok, _ = w.lookup_retrieve(seq=first, chunks=2)
                         assert (hits, ok) == (2, True)
                         assert w.lookup(seq=999, chunks=2) == 0
-                        status = _s3_status(http)
+                        status = s3_status(http)
                         assert status["is_healthy"] is False and status["connection_disabled"] is True
                         if outage == "hung":
                             assert hung.accepted > 0
@@ -154,13 +105,13 @@ def test_outages_and_a_hung_s3_are_survived(tmp_path: Path) -> None:
                     # S3 is back on the same port (empty: moto keeps nothing across a restart).
                     moto.start()
                     moto.create_bucket(bucket)
-                    _until("the breaker to close", lambda: _s3_status(http)["breaker"]["state"] == "closed")
-                    before = len(_objects(moto, bucket))
+                    until("the breaker to close", lambda: s3_status(http)["breaker"]["state"] == "closed")
+                    before = len(bucket_objects(moto, bucket))
                     assert w.store(seq=100 + phase, chunks=2)[0]
-                    _until("stores to resume", lambda: len(_objects(moto, bucket)) >= before + 2)
-                    assert _s3_status(http)["is_healthy"] is True
+                    until("stores to resume", lambda: len(bucket_objects(moto, bucket)) >= before + 2)
+                    assert s3_status(http)["is_healthy"] is True
                 assert proc.poll() is None
-                skipped = _s3_status(http)["skipped"]
+                skipped = s3_status(http)["skipped"]
                 assert skipped["store"] > 0 or skipped["lookup"] > 0
             finally:
                 w.close()
@@ -172,11 +123,11 @@ def test_an_unreachable_s3_at_startup_does_not_stop_the_server(tmp_path: Path) -
     port = stable_port()
     adapter = MotoS3(port).adapter_config("later", connect_timeout_s=0.5, lookup_timeout_s=0.5,
                                           breaker_backoff_s=0.2, breaker_max_backoff_s=0.5)
-    with _server(adapter, tmp_path / "server.log") as (_, http, _):
-        assert _s3_status(http)["breaker"]["state"] != "closed"
+    with our_server(adapter, tmp_path / "server.log") as (_, http, _):
+        assert s3_status(http)["breaker"]["state"] != "closed"
         with MotoS3(port, log=tmp_path / "moto.log") as moto:
             moto.create_bucket("later")
-            _until("the breaker to close", lambda: _s3_status(http)["breaker"]["state"] == "closed")
+            until("the breaker to close", lambda: s3_status(http)["breaker"]["state"] == "closed")
 
 
 BAD_CONFIGS = [
@@ -215,14 +166,14 @@ def test_credentials_in_the_endpoint_url_are_refused_without_echoing_them() -> N
 
 def test_secrets_never_reach_conf_status_or_metrics(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> None:
     adapter = moto_s3.adapter_config(bucket, aws_session_token="session-token-value")
-    with _server(adapter, tmp_path / "server.log") as (zmq, http, _):
+    with our_server(adapter, tmp_path / "server.log") as (zmq, http, _):
         w = Worker(zmq, 31, "secret/model")
         try:
             assert w.store(seq=1, chunks=1)[0]
-            _until("the write-behind", lambda: _flushed(http, 1))
+            until("the write-behind", lambda: flushed(http, 1))
         finally:
             w.close()
-        texts = [json.dumps(_http("GET", f"{http}/{path}")[1]) for path in ("conf", "status", "l2/adapters")]
+        texts = [json.dumps(http_json("GET", f"{http}/{path}")[1]) for path in ("conf", "status", "l2/adapters")]
         texts.append(urllib.request.urlopen(f"{http}/metrics", timeout=10).read().decode())
     texts.append((tmp_path / "server.log").read_text())
     for text in texts:

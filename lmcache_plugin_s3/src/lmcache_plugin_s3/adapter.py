@@ -1,6 +1,6 @@
 """The S3 L2 adapter (type ``s3``) on boto3: LMCache 0.5.6's object names and bodies, a circuit breaker.
 
-Objects (``spec/lmcache-http-l2.md`` §3.3, §5.1; LMCache's ``s3_l2_adapter.py``)
+Objects (LMCache 0.5.6's ``s3_l2_adapter.py``: names and bodies)
 ----------------------------------------------------------------------------------
 * One object per key, named :func:`lmcache_core.keys.object_name`:
   ``<model_name verbatim>@<kv_rank:08x>@<object_group_id:x>@<chunk_hash hex>[@<cache_salt>]``

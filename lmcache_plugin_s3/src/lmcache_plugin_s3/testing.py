@@ -166,7 +166,8 @@ def tokens_for(seq: int, chunks: int) -> list[int]:
 class Worker:
     """A vLLM worker stand-in speaking the real wire protocol (our client drives either server)."""
 
-    def __init__(self, zmq_url: str, instance_id: int, model: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, zmq_url: str, instance_id: int, model: str, *, timeout_s: float = 30.0,
+                 cache_salt: str = "") -> None:
         import torch
 
         from lmcache_core.client import LMCacheClient
@@ -174,6 +175,7 @@ class Worker:
 
         self._torch = torch
         self.model = model
+        self.salt = cache_salt
         self.instance_id = instance_id
         self.kv = WorkerKVCache(KV_LAYERS, KV_SHAPE)
         self.client = LMCacheClient(zmq_url, timeout_s=timeout_s)
@@ -199,8 +201,8 @@ class Worker:
 
         stored = self.fill(seq, chunks)
         rid = self._request("store")
-        _, ok = self.client.store(make_key(tokens_for(seq, chunks), rid, model_name=self.model, worker_id=0),
-                                  self.instance_id, [list(range(chunks * BPC))])
+        _, ok = self.client.store(make_key(tokens_for(seq, chunks), rid, model_name=self.model, worker_id=0,
+                                           cache_salt=self.salt), self.instance_id, [list(range(chunks * BPC))])
         self.client.end_session(rid)
         return bool(ok), stored
 
@@ -209,7 +211,7 @@ class Worker:
         from lmcache_core.client import make_key
 
         rid = self._request("lookup")
-        hits = self.client.lookup(make_key(tokens_for(seq, chunks), rid, model_name=self.model))
+        hits = self.client.lookup(make_key(tokens_for(seq, chunks), rid, model_name=self.model, cache_salt=self.salt))
         self.client.end_session(rid)
         return hits
 
@@ -220,11 +222,11 @@ class Worker:
         for layer in self.kv.layers:
             layer.zero_()
         rid = self._request("read")
-        hits = self.client.lookup(make_key(tokens_for(seq, chunks), rid, model_name=self.model))
+        hits = self.client.lookup(make_key(tokens_for(seq, chunks), rid, model_name=self.model, cache_salt=self.salt))
         ok = False
         if hits == chunks:
-            _, ok = self.client.retrieve(make_key(tokens_for(seq, chunks), rid, model_name=self.model, worker_id=0),
-                                         self.instance_id, [list(range(chunks * BPC))])
+            _, ok = self.client.retrieve(make_key(tokens_for(seq, chunks), rid, model_name=self.model, worker_id=0,
+                                                  cache_salt=self.salt), self.instance_id, [list(range(chunks * BPC))])
         self.client.end_session(rid)
         got = [layer[:, :chunks * BPC].view(self._torch.int16).clone() for layer in self.kv.layers]
         return hits, bool(ok), got
