@@ -26,7 +26,7 @@ from dash_support import (
     wait_for,
     workload,
 )
-from litestar import Litestar, Request, get
+from litestar import Litestar, Request, Response, get
 
 from lmcache_core.testing import free_port
 
@@ -240,14 +240,25 @@ def test_peer_that_answers_nonsense_is_down(lmcache_server_factory: Any, lmcache
     def not_a_node() -> list[int]:
         return [1, 2, 3]
 
-    peer_url = lmcache_serve_app(Litestar([not_a_node]))
+    @get("/huge/dashboard/data", sync_to_thread=False)
+    def huge() -> Response[bytes]:
+        return Response(b"[" + b"0," * (1 << 20) + b"0]", media_type="application/json")
+
+    @get("/teapot/dashboard/data", sync_to_thread=False)
+    def teapot() -> Response[bytes]:
+        return Response(b"{}", status_code=418)
+
+    peer_url = lmcache_serve_app(Litestar([not_a_node, huge, teapot]))
     starting, _ = make_live(lmcache_server_factory, start=False)
     starting_url = lmcache_http(starting)
-    server, _ = make_live(lmcache_server_factory, argv=["--dashboard-peer", peer_url, starting_url])
+    server, _ = make_live(lmcache_server_factory, argv=["--dashboard-peer", peer_url, starting_url,
+                                                        f"{peer_url}/huge", f"{peer_url}/teapot"])
     url = lmcache_http(server)
     nodes = get_json(url, "/dashboard/fleet")["nodes"]
     assert (nodes[1]["state"], nodes[1]["error"]) == ("down", "unexpected answer: not a JSON object")
     assert nodes[2]["state"] == "starting"
+    assert (nodes[3]["state"], nodes[3]["error"]) == ("down", "unexpected answer: larger than 1048576 bytes")
+    assert (nodes[4]["state"], nodes[4]["error"]) == ("down", "answered HTTP 418")
 
 
 @pytest.mark.parametrize("bad", ["ftp://host", "localhost:8080", "http://", "http://h:99999", "http://h?x=1",

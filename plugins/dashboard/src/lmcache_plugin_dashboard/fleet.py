@@ -6,7 +6,8 @@ a peer that refuses, hangs or answers garbage is one ``down`` row, and the route
 at most one timeout whatever the peers do. The page polls the fleet apart from its own
 ``/dashboard/data``, so a slow fleet never delays the node's own numbers. With
 ``--http-admin-token`` set, peers are asked with ``Authorization: Bearer <token>`` (a fleet
-shares one token). A peer answering 503 (engine not ready) is ``starting``.
+shares one token). A peer answering 503 (engine not ready) is ``starting``; an answer is read up to
+:data:`MAX_BODY_BYTES` (1 MiB), a longer one is ``down``.
 
 Rows carry what the table shows (health, usage, hit rate, traffic), not the peers' whole
 snapshots; totals add up the nodes that answered.
@@ -122,6 +123,19 @@ def starting_node(url: str, name: str | None, latency_ms: float | None) -> Fleet
     return node
 
 
+async def _get_bounded(client: httpx.AsyncClient, url: str) -> tuple[int, bytes | None]:
+    """``(status, body)``; the body is ``None`` past :data:`MAX_BODY_BYTES` (read no further)."""
+    async with client.stream("GET", url) as resp:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return resp.status_code, None
+            chunks.append(chunk)
+        return resp.status_code, b"".join(chunks)
+
+
 async def fetch_peer(client: httpx.AsyncClient, url: str, timeout_s: float) -> FleetNode:
     """One peer's row; never raises and never takes (much) longer than ``timeout_s``."""
     start = time.perf_counter()
@@ -130,19 +144,19 @@ async def fetch_peer(client: httpx.AsyncClient, url: str, timeout_s: float) -> F
         return round((time.perf_counter() - start) * 1000.0, 3)
 
     try:
-        resp = await asyncio.wait_for(client.get(f"{url}/dashboard/data"), timeout_s)
+        status, body = await asyncio.wait_for(_get_bounded(client, f"{url}/dashboard/data"), timeout_s)
     except (asyncio.TimeoutError, httpx.TimeoutException):
         return _down(url, f"no answer within {timeout_s:g} s", elapsed())
     except httpx.HTTPError as exc:
         return _down(url, f"unreachable: {type(exc).__name__}", elapsed())
-    if resp.status_code == 503:
+    if status == 503:
         return starting_node(url, None, elapsed())
-    if resp.status_code != 200:
-        return _down(url, f"answered HTTP {resp.status_code}", elapsed())
-    if len(resp.content) > MAX_BODY_BYTES:
-        return _down(url, "unexpected answer: too large", elapsed())
+    if status != 200:
+        return _down(url, f"answered HTTP {status}", elapsed())
+    if body is None:
+        return _down(url, f"unexpected answer: larger than {MAX_BODY_BYTES} bytes", elapsed())
     try:
-        doc = msgspec.json.decode(resp.content)
+        doc = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return _down(url, "unexpected answer: not JSON", elapsed())
     return node_from_data(url, doc, elapsed())
