@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -205,36 +207,53 @@ def compute_block_checksums(
             bad = [b for b in block_ids if not 0 <= b < nb][:5]
             raise ChecksumError(400, f"block ids {bad} out of range for layer {li} (valid: 0 to {nb - 1})")
 
+    most = max(int(t.shape[axis]) for t, axis in zip(layers, block_axes, strict=True))
+    if len(block_ids) > most:
+        raise ChecksumError(400, f"{len(block_ids)} block ids for a KV cache of {most} blocks "
+                                 f"(at most one id per block)")
+
     n = len(block_ids)
     num_chunks = (n + chunk_size - 1) // chunk_size
-    gathered: list[torch.Tensor] = []
-    for t, axis in zip(layers, block_axes, strict=True):
-        g = t.index_select(axis, idx.to(t.device)).cpu()
-        if g.dtype == torch.bfloat16:
-            g = g.to(torch.float32)
-        gathered.append(g)
-
-    def chunk(g: torch.Tensor, axis: int, c: int) -> torch.Tensor:
-        start = c * chunk_size
-        return g.narrow(axis, start, min(chunk_size, n - start))
-
+    chunks = [idx[c * chunk_size:(c + 1) * chunk_size] for c in range(num_chunks)]
     if layerwise:
         per_layer: dict[str, list[str]] = {}
-        for li, (g, axis) in enumerate(zip(gathered, block_axes, strict=True)):
+        for li, (t, axis) in enumerate(zip(layers, block_axes, strict=True)):
             digests = []
-            for c in range(num_chunks):
+            for ids in chunks:
                 md5 = hashlib.md5()
-                _md5_update(md5, chunk(g, axis, c))
+                _md5_blocks(md5, t, axis, ids)
                 digests.append(md5.hexdigest())
             per_layer[f"layer_{li}"] = digests
         return per_layer
     out = []
-    for c in range(num_chunks):
+    for ids in chunks:
         md5 = hashlib.md5()
-        for g, axis in zip(gathered, block_axes, strict=True):
-            _md5_update(md5, chunk(g, axis, c))
+        for t, axis in zip(layers, block_axes, strict=True):
+            _md5_blocks(md5, t, axis, ids)
         out.append(md5.hexdigest())
     return out
+
+
+HASH_BATCH_BYTES = 8 << 20
+"""Most bytes gathered at once while hashing: memory stays bounded whatever the request names."""
+
+
+def _md5_blocks(md5: Any, layer: torch.Tensor, axis: int, ids: torch.Tensor) -> None:
+    """Feed ``md5`` the bytes of ``layer.index_select(axis, ids)`` (C order; bfloat16 as float32) without
+    building that tensor: one slice of the dimensions before ``axis`` and a batch of ids at a time, which
+    is the same byte sequence."""
+    block_bytes = layer.element_size() * max(1, math.prod(layer.shape[axis + 1:]))
+    if layer.dtype == torch.bfloat16:
+        block_bytes *= 2
+    batch = max(1, HASH_BATCH_BYTES // block_bytes)
+    for outer in itertools.product(*(range(d) for d in layer.shape[:axis])):
+        plane = layer[outer] if outer else layer
+        for start in range(0, len(ids), batch):
+            part = ids[start:start + batch].to(plane.device)
+            g = plane.index_select(0, part).cpu()
+            if g.dtype == torch.bfloat16:
+                g = g.to(torch.float32)
+            _md5_update(md5, g)
 
 
 def kvcache_checksums(kv: Any, block_ids: Sequence[int], chunk_size: int,
