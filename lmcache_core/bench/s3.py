@@ -20,6 +20,12 @@ started here as a subprocess on 127.0.0.1 and stopped at the end. Two kinds of r
     a RETRIEVE, byte-equal); beside it the raw time to GET the same objects in parallel
     (same concurrency) into preallocated buffers.
 
+``op: outage``
+    STORE round trips (this process's client to a real server with the s3 L2, small
+    32 KiB chunks, ``LMCACHE_BENCH_S3_STORES`` (60) per phase): S3 up (the baseline),
+    S3 stopped, S3 hung (a socket that accepts and never answers). p50/p99 per phase and
+    p99 ratios against the baseline (acceptance: <= 1.2).
+
 Medians of ``LMCACHE_BENCH_S3_REPEATS`` (3) rounds; GB/s are 1e9 bytes per second.
 moto is a Python server: the absolute figures measure it as much as the client; the
 ratios are the point.
@@ -212,6 +218,60 @@ def prefetch(moto: Any, layers: int, chunks: int, repeats: int, threads: int) ->
     return row
 
 
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def outage(tmp: Path, stores: int) -> dict[str, Any]:
+    """STORE latency with S3 up, stopped and hung: the write-behind must keep S3 off the STORE path."""
+    from lmcache_plugin_s3.testing import HungEndpoint, MotoS3, Worker, clean_env, serve_cmd, stable_port
+
+    moto = MotoS3(stable_port(), log=tmp / "moto-outage.log").start()
+    moto.create_bucket("bench-outage")
+    adapter = moto.adapter_config("bench-outage", connect_timeout_s=0.5, read_timeout_s=1.0, lookup_timeout_s=0.5,
+                                  retries=0, breaker_backoff_s=0.5, breaker_max_backoff_s=2.0)
+    zp, hp = free_port(), free_port()
+    proc = subprocess.Popen(serve_cmd(zp, hp, adapter), env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    row: dict[str, Any] = {"bench": "s3", "op": "outage", "stores_per_phase": stores}
+    try:
+        wait_http(f"http://127.0.0.1:{hp}/healthcheck", proc, timeout_s=120)
+        worker = Worker(f"tcp://127.0.0.1:{zp}", 777, "bench-outage/model", timeout_s=60)
+        seq = iter(range(1_000_000))
+
+        def phase() -> list[float]:
+            times = []
+            for _ in range(stores):
+                t0 = time.perf_counter()
+                if not worker.store(next(seq), 1)[0]:
+                    raise RuntimeError("STORE failed")
+                times.append(time.perf_counter() - t0)
+            return times
+
+        try:
+            phases = {"s3_up": phase()}
+            moto.stop()
+            phases["s3_stopped"] = phase()
+            with HungEndpoint(moto.port):
+                phases["s3_hung"] = phase()
+            s3 = _status(f"http://127.0.0.1:{hp}")["storage_manager"]["l2_adapters"][0]
+            row["breaker_opened"] = s3["breaker"]["times_opened"]
+            row["server_alive"] = proc.poll() is None
+        finally:
+            worker.close()
+        base = _percentile(phases["s3_up"], 0.99)
+        for name, times in phases.items():
+            row[f"{name}_p50_ms"] = round(_percentile(times, 0.5) * 1e3, 2)
+            row[f"{name}_p99_ms"] = round(_percentile(times, 0.99) * 1e3, 2)
+            if name != "s3_up":
+                row[f"{name}_p99_ratio"] = round(_percentile(times, 0.99) / base, 3)
+    finally:
+        stop_process_group(proc)
+        moto.stop()
+    return row
+
+
 def run() -> list[dict[str, Any]]:
     """Start moto, measure the adapter against raw boto3, then the server's prefetch against raw GETs."""
     from lmcache_plugin_s3.testing import MotoS3
@@ -226,6 +286,7 @@ def run() -> list[dict[str, Any]]:
             MotoS3(log=Path(tmp) / "moto.log") as moto:
         rows = throughput(moto, size, count, repeats)
         rows.append(prefetch(moto, layers, chunks, repeats, count))
+        rows.append(outage(Path(tmp), _env_int("LMCACHE_BENCH_S3_STORES", 60)))
     return [{**common, **row} for row in rows]
 
 
