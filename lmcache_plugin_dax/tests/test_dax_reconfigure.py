@@ -88,6 +88,7 @@ def test_add_maps_a_device_and_the_same_add_again_is_idempotent(live: Live, devs
     body = ok(live.post("add", {"device_path": path, "size": "1MiB"}))
     assert body["status"] == "ok" and body["operation"] == "add" and body["adapter_index"] == 0
     assert body["device"]["device_path"] == path and body["device"]["state"] == "active"
+    assert body["device"]["size_bytes"] == body["device"]["max_dax_size_bytes"] == MIB
     assert body["already_mapped"] is False
     again = ok(live.post("add", {"adapter_index": 0, "device_path": path, "size": MIB}))
     assert again["already_mapped"] is True and again["device"]["index"] == 1

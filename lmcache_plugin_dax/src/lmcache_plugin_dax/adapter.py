@@ -625,7 +625,7 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
                 if d.state in ("removed", "closed") or (d.path != resolved.path and d.ident != ident):
                     continue
                 if d.state == "active" and d.size_bytes == size_bytes:
-                    return {"device": self._device_view(i, d, set()), "already_mapped": True}
+                    return {"device": self._added_view(i, d), "already_mapped": True}
                 raise ReconfigureError(409, f"{resolved.path} is already mapped ({d.state}, {d.size_bytes} "
                                             "bytes); use resize")
         with _claims_lock:
@@ -645,8 +645,12 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
             self._account_stored([k for k, _ in adopted], [n for _, n in adopted], notify=True)
         with self._cond:
             index = self._devices.index(device)
-            return {"device": self._device_view(index, device, set()), "already_mapped": False,
+            return {"device": self._added_view(index, device), "already_mapped": False,
                     "recovered_keys": len(adopted)}
+
+    def _added_view(self, index: int, device: Device) -> dict[str, Any]:
+        """Under the lock: the device in an ``add`` answer (the status fields plus ``size_bytes``, as LMCache's docs)."""
+        return {**self._device_view(index, device, set()), "size_bytes": device.size_bytes}
 
     def _blocked(self, device: Device, keys: Iterable[ObjectKey], slots: Iterable[int]) -> dict[str, Any] | None:
         """Under the lock: what pins ``keys``/``slots`` (lookup locks, readers), or None."""
