@@ -1,7 +1,7 @@
 """Core's engine components contribute their ``/status`` sections through the status hook,
 as a built-in plugin, like any other contributor.
 
-Sections (the seed's ``GET /status`` example, ``spec/http-api-seed.txt``):
+Sections (the ``GET /status`` example of the HTTP API this server implements, LMCache 0.5.6's):
 
 * ``active_sessions`` — the session manager's count;
 * the data path's section: ``registered_gpu_ids``, ``cache_context_meta`` (one entry per

@@ -7,7 +7,7 @@ can never hit. With ``C = chunk_size``::
     h_i       = blake3(h_{i-1} || uint32_be(t) for t in tokens[i*C:(i+1)*C])
     h_-1      = NONE_HASH
 
-(``protocol/README.md`` §7.1, ``spec/lmcache-mp-core.md`` §2.5). The chain
+(LMCache 0.5.6's token hashing; vectors it computed: ``tests/data/test_vectors.json``). The chain
 always starts at token 0: the hash of chunk ``i`` depends on every earlier
 token, so a range ``[start, end)`` either continues from a known prefix hash or
 is computed from chunk 0.

@@ -3,8 +3,8 @@
 An :class:`ObjectKey` names one stored chunk object: ``(chunk_hash, model_name,
 kv_rank, object_group_id, cache_salt)``. Equal tokens give equal keys, and the
 L2 names below are the ones LMCache 0.5.6 writes, so an L2 filled by one server
-is readable by the other (``spec/lmcache-http-l2.md`` §3,
-``protocol/README.md`` §7).
+is readable by the other (LMCache 0.5.6's key and L2 naming; vectors it computed:
+``tests/data/test_vectors.json``).
 
 Validation and the hot path
 ---------------------------

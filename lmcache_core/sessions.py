@@ -7,7 +7,7 @@ computed so far, so each call hashes only chunks it has not seen. When a new
 token list is given, the cached hashes of the chunks it shares with the old
 one (the longest common whole-chunk prefix) are kept and the rest are
 dropped: a hash depends on every token before it, so nothing else is safe to
-keep (``spec/lmcache-mp-core.md`` §2.5).
+keep (LMCache 0.5.6's session semantics).
 
 :class:`SessionManager` maps ``request_id`` to sessions, forgets sessions idle
 longer than a TTL (600 s by default; the server drives :meth:`cleanup` from a

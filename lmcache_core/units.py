@@ -2,7 +2,7 @@
 
 One parser for every place a size arrives as text or JSON (the reconfigure
 routes' ``size``, adapter configs). The grammar is LMCache's
-(``lmcache-http-l2.md`` §2.7, the seed's "base-1024 unit suffix"):
+(its "base-1024 unit suffix"):
 
 * a JSON/Python integer: a byte count (``bool`` is not an integer here);
 * a string of at most 64 characters (after stripping surrounding whitespace):

@@ -1,7 +1,7 @@
 """Replay the golden main session (``tests/data/golden/INDEX.json``) against a live server.
 
 The golden session was captured between the real LMCache 0.5.6 client and the real 0.5.6 server
-(``protocol/README.md`` §8). Here every request goes, in capture order and with its captured frames,
+(``tests/data/golden/INDEX.json``). Here every request goes, in capture order and with its captured frames,
 through a real ZMQ DEALER socket to our server, and every reply must decode (``wire.decode_reply``)
 to the value the real server answered, and be byte-identical to it, except where a table below
 says why our server deliberately answers otherwise.

@@ -60,7 +60,7 @@ VECTOR_TEXT_PREFIX = {
 
 
 def reference_hashes(tokens: list[int], chunk_size: int) -> list[bytes]:
-    """The rule from protocol/README.md §7.1, written independently with struct."""
+    """LMCache 0.5.6's chunk hash rule, written independently with struct."""
     out, prefix = [], blake3((0).to_bytes(8, "big", signed=True) + struct.pack(">I", 0)).digest()
     for i in range(len(tokens) // chunk_size):
         chunk = tokens[i * chunk_size : (i + 1) * chunk_size]

@@ -32,7 +32,7 @@ from lmcache_core.transport.wire import (
 PROFILE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
 enc = msgspec.msgpack.encode
 
-# protocol/README.md §5.1, typed in by hand: the table the codec must implement.
+# LMCache 0.5.6's op id table, typed in by hand: the table the codec must implement.
 LEGACY_TABLE = {
     1: "register_kv_cache", 2: "unregister_kv_cache", 3: "register_q_cache", 4: "unregister_q_cache",
     5: "store_q", 6: "store", 7: "retrieve", 8: "lookup", 9: "query_prefetch_status",

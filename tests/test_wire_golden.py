@@ -1,6 +1,6 @@
 """The wire codec against frames captured between the real lmcache 0.5.6 client and server.
 
-``tests/data/golden`` (``protocol/README.md`` §8) holds every request and reply of
+``tests/data/golden`` (captured from the real 0.5.6 client and server) holds every request and reply of
 a live session, the raw-socket probes, and three whole sessions (the lmcache-driven
 bench, the engine-driven bench, an L2-prefetch session). For each request we check
 that our decoder yields exactly the values the capture decoded, field by field and

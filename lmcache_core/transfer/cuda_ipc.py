@@ -1,7 +1,7 @@
 """CUDA IPC: rebuild a worker's ``cuda`` KV descriptor and exchange interprocess events.
 
-GPU workers register each layer as a ``cuda`` descriptor (``protocol/README.md``
-§3.3): ``metadata`` (dtype, shape, stride, storage_offset, device_uuid) plus
+GPU workers register each layer as a ``cuda`` descriptor (LMCache 0.5.6's KV
+registration): ``metadata`` (dtype, shape, stride, storage_offset, device_uuid) plus
 ``handle``, the 8-tuple PyTorch's ``UntypedStorage._share_cuda_()`` returns::
 
     [device_index, cudaIpcMemHandle (64 bytes), storage_size_bytes, storage_offset_bytes,

@@ -4,7 +4,7 @@
 shared memory, or rebuilt from CUDA IPC handles) and their :class:`KVLayout`.
 STORE gathers blocks into chunk objects (:meth:`~RegisteredKVCache.gather_chunks`),
 RETRIEVE scatters objects back into blocks (:meth:`~RegisteredKVCache.scatter_chunks`).
-The object bytes are LMCache's (``protocol/README.md`` §6.3), so L1 objects and
+The object bytes are LMCache 0.5.6's (its chunk object layout), so L1 objects and
 FS L2 files are interchangeable with the real server's.
 
 Block ids (§5.3, §6.2): one list per kernel group; entry ``j`` of a list is the

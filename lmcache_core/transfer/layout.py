@@ -3,7 +3,7 @@
 A worker registers one tensor per layer (``register_kv_cache``). This module
 recognises the per-layer formats LMCache 0.5.6 stores with block-level
 semantics, partitions the layers into *kernel groups* the way LMCache does, and
-fixes the shape of the object that holds one chunk (``protocol/README.md`` §6):
+fixes the shape of the object that holds one chunk (LMCache 0.5.6's layout):
 
     object = concat over kernel groups g, in group order, of a dense C-contiguous
              [kv_size_g, num_layers_g, tokens_g, hidden_g] block of the KV dtype

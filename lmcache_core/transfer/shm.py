@@ -2,7 +2,7 @@
 
 A CPU worker (LMCache's client, the bench, vLLM on CPU) moves each layer's
 backing storage into a POSIX shared-memory segment and sends one ``cpu_shm``
-descriptor per layer (``protocol/README.md`` §3.1-3.2): the segment name, the
+descriptor per layer (LMCache 0.5.6's KV registration): the segment name, the
 segment length ``nbytes`` and the view (dtype, shape, stride, storage_offset).
 :class:`ShmSegmentCache` maps ``/dev/shm/<name>`` read/write and ``MAP_SHARED``,
 so what the server writes is what the worker reads, and rebuilds the view with

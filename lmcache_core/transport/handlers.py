@@ -4,7 +4,7 @@ Each public ``op_*`` method takes the op's decoded ``Args`` Struct and the
 client identity and returns the reply value. A well-formed request that cannot
 be served returns the op's in-band failure value (``(b"", False)`` for STORE /
 RETRIEVE, 0 hits for LOOKUP, ...), never silence; see
-``protocol/README.md`` §5 for each op's semantics.
+``docs/datapath.md`` and :mod:`lmcache_core.transport.wire` for each op's semantics.
 
 Replies carry an empty event handle ``b""``: on CPU the copy is finished before
 the reply is sent, which is what ``b""`` tells the client ("no device work was

@@ -1,7 +1,7 @@
 """Typed payloads of the LMCache 0.5.6 ZMQ protocol (msgspec Structs, no torch import).
 
 Every type here decodes from, and encodes to, exactly the msgpack bytes the
-real ``lmcache==0.5.6`` client produces (``protocol/README.md`` §2-§5):
+real ``lmcache==0.5.6`` client produces (``docs/datapath.md``):
 
 * dataclass-like payloads (:class:`IPCCacheServerKey`, :class:`BlockAllocationRecord`,
   ...) are msgpack maps holding **all** fields, in declaration order. Maps are

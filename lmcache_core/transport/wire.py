@@ -1,4 +1,4 @@
-"""The ZMQ wire codec of LMCache 0.5.6's multiprocess protocol (``protocol/README.md`` §1-§5).
+"""The ZMQ wire codec of LMCache 0.5.6's multiprocess protocol (``docs/datapath.md``).
 
 Frames, as the server's ROUTER sees them after the identity frame::
 

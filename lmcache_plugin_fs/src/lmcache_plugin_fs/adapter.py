@@ -1,6 +1,6 @@
 """The filesystem L2 adapter (type ``fs``): one file per object, readable by LMCache's ``fs`` adapter and back.
 
-On-disk format (``spec/lmcache-http-l2.md`` §5.2, ``protocol/README.md`` §6.3/§7.3)
+On-disk format (LMCache 0.5.6's ``fs`` adapter: file names and chunk bytes)
 --------------------------------------------------------------------------------
 * One regular file per object, named exactly :func:`lmcache_core.keys.fs_file_name`
   (``<model, "/" -> "-SEP-">@0x<kv_rank:08x>@<group:x>@<hash>[@<salt>].data``),

@@ -1,5 +1,5 @@
 """The cache routes through real HTTP, as curl sees them: ``POST /clear-cache``, ``GET /kvcache/check``
-(seed contract, ``http-api-seed.txt``) and ``POST /cache/checksums`` (LMCache 0.5.6, ``protocol/README.md``
+(LMCache's HTTP API) and ``POST /cache/checksums`` (LMCache 0.5.6,
 §9.1 and ``tests/data/golden/http_cache_checksums.json``).
 
 Every test runs a real server (ZMQ data path + uvicorn) and plays the vLLM worker with our own client

@@ -1,5 +1,5 @@
-"""The quota routes through real HTTP, as curl sees them (``http-api-seed.txt`` "Quota Management";
-``lmcache-http-l2.md`` §2.6): ``PUT/GET/DELETE /quota/{cache_salt}`` and ``GET /quota``.
+"""The quota routes through real HTTP, as curl sees them (LMCache's HTTP API, "Quota Management"):
+``PUT/GET/DELETE /quota/{cache_salt}`` and ``GET /quota``.
 
 Every test runs a real server (real L1 in shared memory, real L2 adapters: the in-memory test adapter
 or the FS adapter on ``tmp_path``) served by uvicorn. Usage is produced by storing real objects, and

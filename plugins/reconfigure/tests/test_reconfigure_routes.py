@@ -1,4 +1,4 @@
-"""The reconfigure routes through real HTTP (seed: "Runtime L2 Reconfiguration"; ``lmcache-http-l2.md`` §2.7).
+"""The reconfigure routes through real HTTP (LMCache's HTTP API, "Runtime L2 Reconfiguration").
 
 One server carries five L2 adapters, in this order (engine-wide index → backend-local index):
 

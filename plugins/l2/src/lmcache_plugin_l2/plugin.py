@@ -1,6 +1,6 @@
 """L2 management and warm prefetch: the seed's five ``/l2`` routes.
 
-Routes (``http-api-seed.txt`` "L2 Storage Management"; ``lmcache-http-l2.md`` §2.5)
+Routes (LMCache's HTTP API, "L2 Storage Management")
 -----------------------------------------------------------------------------------
 ``GET /l2/adapters``
     ``{"adapters": [{"index", "type_name", "primary"}]}`` in configuration order;
@@ -42,7 +42,7 @@ Routes (``http-api-seed.txt`` "L2 Storage Management"; ``lmcache-http-l2.md`` §
     "found_keys", "total_keys"}``, then 404. 503 before the engine is ready.
 
 Every error body is ``{"detail": "<message>"}``: these are FastAPI ``HTTPException``
-routes in LMCache (``lmcache-http-l2.md`` §1), including the 503 envelope. Messages
+routes in LMCache, including the 503 envelope. Messages
 quote caller input with ``repr``, so no input can make an answer unencodable.
 
 Decisions where the seed is silent
@@ -61,7 +61,7 @@ Decisions where the seed is silent
 * ``DELETE /l2`` reports an adapter that raised removing some keys (the FS adapter's
   ``unlink`` failing, say) as ``ok: false`` with ``error`` naming how many keys
   failed and the first reason; LMCache's S3 adapter swallows such errors, so its
-  ``ok: true`` proves less (``lmcache-http-l2.md`` §7.12).
+  ``ok: true`` proves less.
 * Body fields are decoded leniently like FastAPI's lax mode (``"kv_rank": "3"`` is 3);
   unknown fields are ignored. A ``kv_rank`` or ``object_group_id`` outside
   ``[0, 2**32)`` or a hash over 64 bytes is a key-invariant 400 (our key limits,

@@ -1,6 +1,6 @@
 """Runtime L2 reconfiguration: ``/reconfigure/...`` routed to adapters that implement ``Reconfigurable``.
 
-Routes (seed, "Runtime L2 Reconfiguration"; ``lmcache-http-l2.md`` §2.7):
+Routes (LMCache's HTTP API, "Runtime L2 Reconfiguration"):
 
 ``GET /reconfigure/backends``
     ``{"enabled", "num_backends", "backends"}``: the sorted backend names that have
