@@ -392,9 +392,6 @@ class S3L2Adapter(L2Adapter):
             raise
         self.breaker.record_success()
         self._observe(op, started)
-        if self.last_error is not None and self.last_error.startswith("startup:"):
-            with self._stats_lock:
-                self.last_error = None  # the bucket or the credentials were fixed meanwhile
         return result
 
     def _count_failure(self, op: str, exc: BaseException, reason: str | None = None) -> None:
@@ -423,11 +420,7 @@ class S3L2Adapter(L2Adapter):
         self._account_deleted([key])
 
     def _probe(self) -> None:
-        """The breaker's probe: any answer from S3 (even 403 or 404) means the endpoint is back."""
-        try:
-            self._fast.head_bucket(Bucket=self.bucket)
-        except bce.ClientError:
-            return
+        self._fast.head_bucket(Bucket=self.bucket)
 
     def _breaker_changed(self, state: str) -> None:
         metrics.BREAKER_STATE.labels(self.l2_name).set(STATE_CODES[state])
