@@ -19,7 +19,13 @@ facts of the routes, not of the document):
     most 2**20 ids, which no pattern bounds. ``GET /l2/keys``: ``page_token`` is
     opaque, only tokens a page handed out are valid. ``POST
     /reconfigure/{backend}/{operation}``: the body an operation takes depends on the
-    path (dax's bodies are strict, other backends' free).
+    path (dax's bodies are strict, other backends' free). The 0.5.6 generation's ``GET /cache/objects``
+    (opaque ``page_token``), ``DELETE /cache/objects`` (a key's rank may be a decimal string, whose range
+    no pattern bounds), ``POST /cache/prefetches`` (a registered layout is server state) and ``POST
+    /reconfigure/{backend}/l2/{operation}`` (as the seed's), for the same reasons.
+``not_a_server_error``
+    ``POST /cache/prefetches``: 503 for a model no worker registered a layout for is LMCache 0.5.6's
+    documented answer (the state of the node, not a fault of the server).
 ``negative_data_rejection``
     ``GET /loglevel``: a ``level`` without ``logger_name`` is ignored (200 ``null``,
     as in LMCache), which a per-parameter schema cannot say.
@@ -27,7 +33,7 @@ facts of the routes, not of the document):
     ``/quota/{cache_salt}``: Litestar 2.x answers ``OPTIONS`` on a path served by
     several handlers with the methods of the first one registered only
     (litestar-org/litestar#4169, fixed in 3.0); the document lists the path's
-    three methods correctly.
+    three methods correctly. The same for ``/cache/objects`` (GET and DELETE).
 """
 
 from __future__ import annotations
@@ -41,7 +47,12 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import allow_header_conformance, negative_data_rejection, positive_data_acceptance
+from schemathesis.checks import (
+    allow_header_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    positive_data_acceptance,
+)
 
 from lmcache_core.cli import build_parser
 from lmcache_core.http import openapi
@@ -58,6 +69,10 @@ EXCLUDED: dict[tuple[str, str], list[Any]] = {
     ("GET", "/quota/{cache_salt}"): [allow_header_conformance],
     ("PUT", "/quota/{cache_salt}"): [allow_header_conformance],
     ("DELETE", "/quota/{cache_salt}"): [allow_header_conformance],
+    ("GET", "/cache/objects"): [positive_data_acceptance, allow_header_conformance],
+    ("DELETE", "/cache/objects"): [positive_data_acceptance, allow_header_conformance],
+    ("POST", "/cache/prefetches"): [positive_data_acceptance, not_a_server_error],
+    ("POST", "/reconfigure/{backend}/l2/{operation}"): [positive_data_acceptance],
 }
 """(method, path) -> checks that do not apply to that operation; the module docstring says why."""
 

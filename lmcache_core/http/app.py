@@ -53,7 +53,7 @@ class RoutesInitPlugin(InitPlugin, ReceiveRoutePlugin):
         # Called once a route's handlers are registered (guards and opt resolved); documents only.
         if isinstance(route, HTTPRoute):
             for handler in route.route_handlers:
-                document_handler(handler)
+                document_handler(handler, route.path)
 
 
 def _internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -160,15 +160,47 @@ def engine_unavailable(body: Mapping[str, Any]) -> ResponseSpec:
     return error("the engine is not initialized (before start, after stop)", envelope_of(body))
 
 
-def document_handler(handler: HTTPRouteHandler) -> None:
+GENERATION_SEED, GENERATION_056, GENERATION_OURS = "generation:seed", "generation:0.5.6", "generation:lmcache-server"
+"""The route generation tags: the seed document's API, LMCache 0.5.6's, and lmcache-server's own additions."""
+_PATH_PARAM = re.compile(r"\{(\w+):[^}]+\}")
+BOTH_GENERATIONS = frozenset({
+    "/", "/healthcheck", "/status", "/version", "/lmc_version", "/commit_id", "/metrics", "/metrics/reset", "/quota",
+    "/quota/{cache_salt}", "/loglevel", "/threads", "/periodic-threads", "/periodic-threads/{thread_name}",
+    "/periodic-threads-health", "/env", "/run_script"})
+"""Paths LMCache 0.5.6 still serves as the seed documents them."""
+SEED_ONLY = frozenset({
+    "/conf", "/clear-cache", "/kvcache/check", "/l2", "/l2/adapters", "/l2/keys", "/l2/prefetch",
+    "/l2/prefetch/{request_id}", "/reconfigure/backends", "/reconfigure/{backend}/status",
+    "/reconfigure/{backend}/{operation}"})
+"""Paths LMCache 0.5.6 renamed or removed."""
+ONLY_056 = frozenset({"/cache/checksums"})
+"""0.5.6 paths served by a seed-generation plugin (the api056 plugin tags its own routes)."""
+
+
+def generation_tags(handler: HTTPRouteHandler, path: str) -> list[str]:
+    """The generation tags ``handler`` at ``path`` should carry: none when a layer already gives one."""
+    if any(t.startswith("generation:") for layer in handler.ownership_layers for t in (layer.tags or ())):
+        return []
+    template = _PATH_PARAM.sub(r"{\1}", path)
+    if template in BOTH_GENERATIONS:
+        return [GENERATION_SEED, GENERATION_056]
+    if template in SEED_ONLY:
+        return [GENERATION_SEED]
+    return [GENERATION_056] if template in ONLY_056 else [GENERATION_OURS]
+
+
+def document_handler(handler: HTTPRouteHandler, path: str | None = None) -> None:
     """Complete ``handler``'s document with what every route group shares.
 
     Adds the 401 of the admin guard and the 503 of the ``engine`` dependency to its
     responses (a status the handler declares itself wins, so a route whose own 503 has
-    more causes describes them all), and gives a handler without its own
-    ``operation_class`` :class:`QueryOperation`. Called for every registered handler
-    (guards and ``opt`` are resolved by then).
+    more causes describes them all), gives a handler without its own
+    ``operation_class`` :class:`QueryOperation`, and, given the route's ``path``, tags it
+    with its API generation (:func:`generation_tags`). Called for every registered
+    handler (guards and ``opt`` are resolved by then).
     """
+    if path is not None and (tags := generation_tags(handler, path)):
+        handler.tags = [*(handler.tags or []), *tags]
     shared: dict[int, ResponseSpec] = {}
     # resolve_guards() wraps each guard; the layers (app, routers, handler) hold them as written.
     if any(require_admin in (layer.guards or ()) for layer in handler.ownership_layers):
@@ -334,8 +366,10 @@ def operation(
 
 
 __all__ = [
-    "ADMIN_TOKEN_REQUIRED", "CACHE_SALT_PATTERN", "CHUNK_HASH_HEX_PATTERN", "JSON", "MODEL_NAME_PATTERN", "MULTIPART",
-    "NOT_BLANK", "PY_WHITESPACE", "TEXT", "BodySpec", "DetailBody", "ErrorBody", "QueryOperation", "StatusReasonBody",
+    "ADMIN_TOKEN_REQUIRED", "BOTH_GENERATIONS", "CACHE_SALT_PATTERN", "CHUNK_HASH_HEX_PATTERN", "GENERATION_056",
+    "GENERATION_OURS", "GENERATION_SEED", "JSON", "MODEL_NAME_PATTERN", "MULTIPART", "NOT_BLANK", "ONLY_056",
+    "PY_WHITESPACE", "SEED_ONLY", "TEXT", "BodySpec", "DetailBody", "ErrorBody", "QueryOperation", "StatusReasonBody",
     "ValidationErrorBody", "ValidationErrorItem", "any_case", "detail", "document_handler", "engine_unavailable",
-    "envelope_of", "error", "failure", "json", "json_body", "multipart_body", "operation", "schema_of", "text",
+    "envelope_of", "error", "failure", "generation_tags", "json", "json_body", "multipart_body", "operation",
+    "schema_of", "text",
 ]

@@ -1,4 +1,5 @@
-"""LMCache 0.5.6's HTTP route generation, beside the seed's (``lmcache-http-l2.md`` §0, §2.2, §2.4, §2.7).
+"""LMCache 0.5.6's HTTP route generation, beside the seed's (0.5.6's ``multiprocess/http_apis/``: ``config_api``,
+``cache_api``, ``reconfigure_api``, and the pydantic models they validate with).
 
 LMCache 0.5.6 renamed most of the operator API the seed documents; its own CLI
 (``lmcache kvcache clear``, ``lmcache describe kvcache``, ...) and dashboards call the
@@ -125,21 +126,29 @@ PREFETCH_REQUEST = dataclass_of("PrefetchRequest", [
 # -- what the OpenAPI document says ----------------------------------------------------------
 
 Tier = Annotated[str, msgspec.Meta(pattern="^(l1|l2|all)$")]
+# pydantic's lax mode, which 0.5.6's clients rely on: a bool is also 0/1 or a yes/no word in any case, an
+# integer also a bool or a decimal string (blanks around, `_` between digits, a `.0` tail).
+_BOOL_WORDS = ("0", "off", "f", "false", "n", "no", "1", "on", "t", "true", "y", "yes")
+LaxBool = (bool | Annotated[int, msgspec.Meta(ge=0, le=1)]
+           | Annotated[str, msgspec.Meta(pattern="^(" + "|".join(openapi.any_case(w) for w in _BOOL_WORDS) + ")$")])
+_INT_TEXT = Annotated[str, msgspec.Meta(pattern=r"^[ \t\n\r\f\v]*[+-]?[0-9]+(_[0-9]+)*(\.0*)?[ \t\n\r\f\v]*$")]
+LaxInt = int | bool | _INT_TEXT
+LaxUint32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] | bool | _INT_TEXT
 
 
 class EncodedObjectKeyBody(msgspec.Struct):
     chunk_hash_hex: Annotated[str, msgspec.Meta(pattern=openapi.CHUNK_HASH_HEX_PATTERN)]
     model_name: Annotated[str, msgspec.Meta(pattern=openapi.MODEL_NAME_PATTERN)]
-    kv_rank: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
-    object_group_id: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 0
+    kv_rank: LaxUint32
+    object_group_id: LaxUint32 = 0
     cache_salt: Annotated[str, msgspec.Meta(pattern=openapi.CACHE_SALT_PATTERN)] = ""
 
 
 class ClearBody(msgspec.Struct):
-    """``POST /cache/clear`` body (optional): only ``l1`` is served."""
+    """``POST /cache/clear`` body (optional, ``null`` too): only ``l1`` is served."""
 
     tier: Annotated[str, msgspec.Meta(pattern="^l1$")] = "l1"
-    force: bool = False
+    force: LaxBool = False
 
 
 class DeleteObjectsBody(msgspec.Struct):
@@ -147,7 +156,7 @@ class DeleteObjectsBody(msgspec.Struct):
 
     keys: Annotated[list[EncodedObjectKeyBody], msgspec.Meta(max_length=cache.MAX_DELETE_BATCH)]
     tier: Tier = "l2"
-    force: bool = False
+    force: LaxBool = False
     adapter: str | None = None
 
 
@@ -155,9 +164,8 @@ class PrefetchBody(msgspec.Struct):
     """``POST /cache/prefetches`` body (only ``l2`` → ``l1``)."""
 
     model_name: Annotated[str, msgspec.Meta(pattern=openapi.MODEL_NAME_PATTERN)]
-    world_size: int
-    token_ids: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]],
-                         msgspec.Meta(max_length=cache.MAX_TOKEN_IDS)]
+    world_size: LaxInt
+    token_ids: Annotated[list[LaxUint32], msgspec.Meta(max_length=cache.MAX_TOKEN_IDS)]
     cache_salt: Annotated[str, msgspec.Meta(pattern=openapi.CACHE_SALT_PATTERN)] = ""
     source_tier: Annotated[str, msgspec.Meta(pattern="^l2$")] = "l2"
     target_tier: Annotated[str, msgspec.Meta(pattern="^l1$")] = "l1"
@@ -331,7 +339,7 @@ def config_adapters(engine: Engine) -> dict[str, Any]:
 
 
 @post("/cache/clear", status_code=200, guards=[require_admin], summary="Clear L1",
-      operation_class=openapi.operation(body=openapi.json_body(ClearBody, required=False)), responses={
+      operation_class=openapi.operation(body=openapi.json_body(ClearBody | None, required=False)), responses={
           200: openapi.json(Cleared, "L1 cleared (with `force`, objects being read or written too)"),
           400: openapi.detail("a tier other than `l1`"),
           422: invalid("the body is not a ClearRequest")})
