@@ -244,14 +244,20 @@ def reserved_flags() -> list[str]:
     return list(dict.fromkeys([*flags, *SELECTION_FLAGS]))
 
 
-# Names whose values are never shown by /conf (keys, tokens, passwords).
+# Names whose values are never shown by /conf or /env (keys, tokens, passwords).
 SECRET_MARKERS = ("key", "secret", "token", "password", "passwd", "credential")
+# Short markers match a whole word of the name only (``DB_PASS``, ``MYSQL_PWD``, ``SENTRY_DSN``,
+# ``GITHUB_PAT``), so ``PATH`` or ``COMPASS`` stay readable.
+SECRET_WORDS = frozenset({"pass", "pwd", "dsn", "pat", "cookie", "passphrase", "otp"})
+_NAME_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
 def is_secret_name(name: str) -> bool:
     """True for a config field or variable name that looks like it holds a secret."""
     lowered = name.lower()
-    return any(marker in lowered for marker in SECRET_MARKERS)
+    if any(marker in lowered for marker in SECRET_MARKERS):
+        return True
+    return any(word.lower() in SECRET_WORDS for word in _NAME_WORDS.findall(name))  # DB_PASS, dbPass
 
 
 # ``scheme://userinfo@``: the userinfo runs to the authority's last "@" (a password may hold one).

@@ -243,6 +243,7 @@ def test_confinement_refuses_paths_outside_the_allowed_roots(live: Live, devs: P
         str(devs / "dax-passwd"): "resolves to",
         outside: "outside the allowed paths",
         "relative/dax0.0": "absolute",
+        f"{devs}/dax0.0\x00": "without NUL",
         str(devs / "subdir"): "neither a character device nor a regular file",
         str(devs / "fifo"): "neither a character device nor a regular file",
         str(devs / "missing"): "cannot be opened",

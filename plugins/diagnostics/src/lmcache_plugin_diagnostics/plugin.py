@@ -38,8 +38,11 @@ stops (the periodic-thread routes then show an empty registry).
 ``GET /env`` (text/plain)
     The process environment as JSON, keys sorted, indented by 2. The values of
     variables whose names look secret (:func:`lmcache_core.config.is_secret_name`:
-    key, secret, token, password, passwd, credential, case-insensitive) are
-    ``"***"`` unless ``--env-show-secrets``; empty values stay empty.
+    key, secret, token, password, passwd, credential anywhere in the name, or a
+    word pass, pwd, dsn, pat, cookie, passphrase, otp, case-insensitive) are
+    ``"***"``, and in every other value the credentials of a URL
+    (``scheme://user:pass@``) are ``***``, unless ``--env-show-secrets``; empty
+    values stay empty.
 ``POST /run_script`` (text/plain)
     Multipart field ``script``: the file is run (:mod:`.sandbox` documents the
     builtins, the importer and the time limit); 200 with ``str(result)`` or
@@ -135,6 +138,7 @@ from lmcache_core.api import (
     openapi,
     require_admin,
 )
+from lmcache_core.config import mask_url_credentials  # not exported by lmcache_core.api
 
 from .sandbox import ScriptError, run_script
 
@@ -432,8 +436,12 @@ def periodic_threads_health(server: Server) -> Response[Any]:
 
 
 def env_document(environ: dict[str, str], show_secrets: bool) -> str:
-    """Sorted, indented JSON of ``environ`` with secret-looking values masked unless ``show_secrets``."""
-    shown = {k: (MASK if not show_secrets and v and is_secret_name(k) else v) for k, v in environ.items()}
+    """Sorted, indented JSON of ``environ`` with secret-looking values masked unless ``show_secrets``:
+    whole values of secret-named variables, and the credentials of any URL in the other values
+    (``DATABASE_URL=postgres://admin:pw@db`` → ``postgres://***@db``)."""
+    if show_secrets:
+        return json.dumps(environ, indent=2, sort_keys=True)
+    shown = {k: (MASK if v and is_secret_name(k) else mask_url_credentials(v)) for k, v in environ.items()}
     return json.dumps(shown, indent=2, sort_keys=True)
 
 
