@@ -119,7 +119,7 @@ def test_the_toml_block_is_a_valid_config_file(parser, tmp_path):
     config.apply(parser)
     args = parser.parse_args([])
     assert (args.host, args.port, args.l1_size_gb) == ("0.0.0.0", 5555, 64.0)
-    assert args.l2_adapter == [{"type": "fs", "base_path": "/mnt/shared/lmcache"}]
+    assert args.l2_adapter == [{"type": "fs", "base_path": "/mnt/nfs/lmcache"}]
 
 
 def test_the_yaml_blocks_parse_and_name_served_routes():
