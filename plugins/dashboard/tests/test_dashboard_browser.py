@@ -5,7 +5,7 @@
   charts have points, the console has no errors; a screenshot is kept as a test artefact
   (``$LMCACHE_DASHBOARD_SCREENSHOT`` names where, else the test's ``tmp_path``).
 * At phone width nothing overflows sideways.
-* Before the engine is ready the page says "starting", then goes live without a reload.
+* Before the engine is ready the page says "starting", then goes live without a reload (two L2 adapters: a row each).
 * A fleet of two servers, the second a separate ``lmcache-server`` process that is first stopped
   (SIGSTOP: it hangs), then resumed, then killed: its row turns ``down`` within a bound each time
   (and ``up`` again once resumed), and the page keeps polling its own node meanwhile.
@@ -125,7 +125,7 @@ def test_phone_width_and_no_l2_no_workers(browser: Any, lmcache_server_factory: 
 
 
 def test_starting_then_live_without_reload(browser: Any, lmcache_server_factory: Any, lmcache_http: Any) -> None:
-    server, _ = make_live(lmcache_server_factory, start=False)
+    server, _ = make_live(lmcache_server_factory, start=False, l2=2)
     url = lmcache_http(server)
     browser.get(f"{url}/dashboard")
     wait_for(lambda: browser.find_element("id", "state").get_attribute("data-state") == "starting", "'starting'")
@@ -133,6 +133,8 @@ def test_starting_then_live_without_reload(browser: Any, lmcache_server_factory:
     server.start()
     wait_for(lambda: browser.find_element("id", "state").get_attribute("data-state") == "live", "'live'")
     assert not browser.find_element("id", "banner").is_displayed()
+    rows = browser.find_elements("css selector", "#l2-table tbody tr")  # several L2 adapters: one row each
+    assert [r.text.split()[0] for r in rows] == ["memory:0", "memory:1"]
     # the only console errors are the browser's own notes of the 503 answers while starting
     assert console_errors(browser, allow=("503",)) == []
 

@@ -170,13 +170,18 @@ def total(metric: Any) -> float:
     return sum(value for _, value in _samples(metric))
 
 
-def by_label(metric: Any, label: str) -> dict[str, float]:
-    """A counter summed per value of ``label``."""
+def group(samples: Iterable[tuple[dict[str, str], float]], label: str) -> dict[str, float]:
+    """Sample values summed per value of ``label``."""
     out: dict[str, float] = {}
-    for labels, value in _samples(metric):
+    for labels, value in samples:
         key = labels.get(label, "")
         out[key] = out.get(key, 0.0) + value
     return out
+
+
+def by_label(metric: Any, label: str) -> dict[str, float]:
+    """A counter summed per value of ``label``."""
+    return group(_samples(metric), label)
 
 
 def gauge(metric: Any) -> float:
@@ -236,21 +241,22 @@ def thread_rows(threads: Any) -> list[ThreadRow]:
     return sorted(rows, key=lambda r: r.name)
 
 
-def _error_rows() -> list[ErrorRow]:
+def _error_rows(zmq: list[tuple[dict[str, str], float]], allocation_failures: dict[str, float],
+                dropped: float) -> list[ErrorRow]:
+    """Failure counters by reason (the counters read once for the whole snapshot are passed in)."""
     rows: list[ErrorRow] = []
 
     def add(source: str, items: Iterable[tuple[str, float]]) -> None:
         rows.extend(ErrorRow(source, reason, count) for reason, count in items if count > 0)
 
-    add("zmq", ((f"{labels.get('op')} {labels.get('outcome')}", v) for labels, v in _samples(ZMQ_REQUESTS)
+    add("zmq", ((f"{labels.get('op')} {labels.get('outcome')}", v) for labels, v in zmq
                 if labels.get("outcome") != "ok"))
     add("lookup", ((f"early exit: {r}", v) for r, v in by_label(dp_metrics.LOOKUP_EARLY_EXIT, "reason").items()))
-    add("l1", ((f"allocation failure during {d}", v)
-               for d, v in by_label(l1_metrics.L1_ALLOCATION_FAILURE, "during").items()))
+    add("l1", ((f"allocation failure during {d}", v) for d, v in allocation_failures.items()))
     add("l2", ((f"{labels.get('l2_name')} {labels.get('op')} failed", v)
                for labels, v in _samples(l2_metrics.L2_FAILURES)))
     add("l2", ((f"prefetch: {r}", v) for r, v in by_label(l2_metrics.PREFETCH_FAILURE, "reason").items()))
-    add("l2", [("write-behind queue full: dropped", total(l2_metrics.L2_STORE_DROPPED))])
+    add("l2", [("write-behind queue full: dropped", dropped)])
     add("http", ((f"{labels.get('method')} {labels.get('route')} {labels.get('status')}", v)
                  for labels, v in _samples(http_metrics.HTTP_REQUESTS) if labels.get("status", "").startswith("5")))
     rows.sort(key=lambda r: (-r.count, r.source, r.reason))
@@ -283,6 +289,8 @@ def build(server: CacheServer, *, started: float, latency: tuple[float | None, f
     used, capacity = l1.get_memory_usage()
     eviction_thread = server.threads.get("l1-eviction-controller") if server.threads is not None else None
     l2 = _l2_section(storage)
+    zmq = list(_samples(ZMQ_REQUESTS))
+    allocation_failures = by_label(l1_metrics.L1_ALLOCATION_FAILURE, "during")
     host = server.plugin_host
     obs = server.configs.get("observability")
     p50, p99, samples = latency
@@ -297,7 +305,7 @@ def build(server: CacheServer, *, started: float, latency: tuple[float | None, f
         plugins=PluginsSection(loaded=sorted(host.plugins), failed=sorted(f.name for f in host.failed)),
         l1=L1Section(used_bytes=int(used), capacity_bytes=int(capacity), object_count=len(l1),
                      evicted_objects_total=total(l1_metrics.L1_EVICTED),
-                     allocation_failures_total=total(l1_metrics.L1_ALLOCATION_FAILURE)),
+                     allocation_failures_total=sum(allocation_failures.values())),
         l2=l2,
         lookups=LookupSection(
             requests_total=total(dp_metrics.LOOKUPS),
@@ -308,10 +316,10 @@ def build(server: CacheServer, *, started: float, latency: tuple[float | None, f
             store_bytes_total=total(dp_metrics.STORE_BYTES), store_chunks_total=total(dp_metrics.STORE_CHUNKS),
             retrieve_bytes_total=total(dp_metrics.RETRIEVE_BYTES),
             retrieve_chunks_total=total(dp_metrics.RETRIEVE_CHUNKS),
-            requests_total=by_label(ZMQ_REQUESTS, "op")),
+            requests_total=group(zmq, "op")),
         workers=workers_section(datapath, sessions),
         quotas=quota_rows(storage),
         threads=thread_rows(server.threads),
-        errors=_error_rows(),
+        errors=_error_rows(zmq, allocation_failures, l2.store_dropped_objects_total),
         peers=list(peers),
     )
