@@ -23,7 +23,8 @@ Routes (every 503 is ``{"error": "engine not initialized"}``; other errors are
 ``DELETE /quota/{cache_salt}`` (admin guard)
     200 ``{"cache_salt", "status": "removed"}``, or ``"not_found"`` when there was none.
 ``GET /quota``
-    200 ``{"users": {salt: {"limit_gb", "current_usage_gb", "usage_by_tier_gb"}}}``, registered salts only.
+    200 ``{"users": {salt: {"limit_gb", "current_usage_gb", "usage_by_tier_gb"}}}``, registered salts only
+    (admin guard: every tenant's salt is listed, so only the admin sees it when a token is set).
 
 The path sentinel ``_default`` stands for the empty salt, in and out, so a salt
 literally named ``_default`` cannot be managed apart from un-salted traffic (as in
@@ -77,21 +78,27 @@ import urllib.parse
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, Router, delete, get, put
-from litestar.params import FromPath, PathParameter
+from litestar import Request, Router, delete, get, put
+from litestar.params import FromPath, PathParameter, RawBody
 
-from lmcache_core import hookimpl
-from lmcache_core.http import openapi
-from lmcache_core.http.deps import Engine, unavailable_body
-from lmcache_core.http.guard import require_admin
-from lmcache_core.keys import InvalidKeyError, validate_cache_salt
-from lmcache_core.server import CacheServer
-from lmcache_core.storage.quota import QuotaManager, bytes_to_gib, gib_to_bytes
+from lmcache_core.api import (
+    CacheServer,
+    Engine,
+    HTTPError,
+    InvalidKeyError,
+    QuotaManager,
+    RegisterRoutes,
+    bytes_to_gib,
+    gib_to_bytes,
+    hookimpl,
+    openapi,
+    require_admin,
+    validate_cache_salt,
+)
 
 DEFAULT_SALT_SENTINEL = "_default"
 """The path segment that stands for the empty ``cache_salt`` (un-salted traffic)."""
 
-UNAVAILABLE_BODY = {"error": "engine not initialized"}
 ROUTE_PREFIX = b"/quota/"
 
 
@@ -149,8 +156,11 @@ class QuotaTable(msgspec.Struct):
     users: dict[str, QuotaUsage]
 
 
-class QuotaRequestError(ValueError):
-    """A client's mistake in a quota request; its message becomes the 400 ``error``."""
+class QuotaRequestError(HTTPError, ValueError):
+    """A client's mistake in a quota request: a 400 whose message is the ``error``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
 
 
 def salt_from_path(path_salt: str) -> str:
@@ -216,29 +226,22 @@ def quotas_of(engine: CacheServer) -> QuotaManager:
     return engine.storage.quotas
 
 
-def _bad(message: str) -> Response[Any]:
-    return Response({"error": message}, status_code=400)
-
-
-@put("/{cache_salt:str}", status_code=200, guards=[require_admin], summary="Create or update a quota",
+@put("/{cache_salt:str}", status_code=200, sync_to_thread=False, guards=[require_admin],
+     summary="Create or update a quota",
      description="Body `{\"limit_gb\": <number>}` (GiB; finite, non-negative). `_default` is the empty salt.",
      operation_class=openapi.operation(body=openapi.json_body(QuotaLimit)), responses={
          200: openapi.json(QuotaSet, "the quota is set; `limit_gb` echoes the number sent"),
          400: openapi.error("a salt no key can carry, or a body that is not `{\"limit_gb\": <number>}` with a "
                             "finite, non-negative number")})
-async def set_quota(engine: Engine, request: Request[Any, Any, Any],
-                    cache_salt: FromPath[SettableSalt]) -> QuotaSet | Response[Any]:
+def set_quota(engine: Engine, request: Request[Any, Any, Any], body: RawBody,
+              cache_salt: FromPath[SettableSalt]) -> QuotaSet:
     """Validate the salt and the body, then set the limit (a dict write under the manager's lock)."""
     salt = salt_of(request, cache_salt)
     try:
         validate_cache_salt(salt)
     except InvalidKeyError as exc:
-        return _bad(f"invalid cache_salt: {str(exc).removeprefix('cache_salt ')}")
-    raw = await request.body()
-    try:
-        limit_gb, limit_bytes = parse_limit(raw)
-    except QuotaRequestError as exc:
-        return _bad(str(exc))
+        raise QuotaRequestError(f"invalid cache_salt: {str(exc).removeprefix('cache_salt ')}") from None
+    limit_gb, limit_bytes = parse_limit(body)
     quotas_of(engine).set_quota(salt, limit_bytes)
     return QuotaSet(cache_salt=salt_to_path(salt), limit_gb=limit_gb)
 
@@ -268,9 +271,11 @@ def delete_quota(engine: Engine, request: Request[Any, Any, Any], cache_salt: Fr
     return QuotaRemoved(cache_salt=salt_to_path(salt), status="removed" if removed else "not_found")
 
 
-@get("/", sync_to_thread=False, summary="Every registered quota with live usage")
+# Admin-guarded: the table names every tenant's cache_salt, which is what a data-path client needs to read
+# that tenant's cache (issue 13; docs/security.md). Without --http-admin-token the guard lets everyone in.
+@get("/", sync_to_thread=False, guards=[require_admin], summary="Every registered quota with live usage")
 def list_quotas(engine: Engine) -> QuotaTable:
-    """Registered salts only; usage of unregistered salts is not listed."""
+    """Registered salts only; usage of unregistered salts is not listed. With a token set, admin only."""
     quotas = quotas_of(engine)
     limits = quotas.list_quotas()
     tiers = quotas.usage_by_tier()
@@ -290,10 +295,10 @@ def _largest_gib(tiers: dict[str, dict[str, int]], salt: str) -> float:
     return bytes_to_gib(max((usage.get(salt, 0) for usage in tiers.values()), default=0))
 
 
-router = Router(path="/quota", route_handlers=[list_quotas, set_quota, get_quota, delete_quota], tags=["quota"],
-                opt=unavailable_body(UNAVAILABLE_BODY))
+router = Router(path="/quota", route_handlers=[list_quotas, set_quota, get_quota, delete_quota], tags=["quota"])
+"""Errors in the default ``{"error": ...}`` envelope (the engine's 503 included)."""
 
 
 @hookimpl
-def lmcache_register_routes(register: Any) -> None:
+def lmcache_register_routes(register: RegisterRoutes) -> None:
     register(router)
