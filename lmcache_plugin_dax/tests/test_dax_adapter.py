@@ -117,8 +117,9 @@ def test_full_device_fails_the_store_and_an_oversized_object_is_refused(tmp_path
         slots = MIB // SLOT
         assert store(adapter, list(range(slots))) == [True] * slots
         assert store(adapter, [slots]) == [False]
+        failures = adapter.failures["store"]
         assert adapter.store([key(500)], [payload(500, SLOT + 1)]).result(TIMEOUT) == [False]
-        assert adapter.failures["store"] == 2
+        assert adapter.failures["store"] == failures + 1  # too big is a fault; a full device may be a skip
         # a deleted key's slot is reused
         assert adapter.delete([key(0)]).result(TIMEOUT) == [True]
         assert store(adapter, [slots]) == [True]

@@ -66,6 +66,11 @@ from lmcache_core.api import (
     ReconfigureError,
 )
 from lmcache_plugin_dax import layout, paths
+
+try:  # a core that tells "no room now" from a fault: a full device is a skipped store, not a failure
+    from lmcache_core.api import L2Full as NoRoom  # type: ignore[attr-defined]
+except ImportError:  # an older core: counted as a failed store
+    NoRoom = OSError  # type: ignore[assignment,misc]
 from lmcache_plugin_dax.config import DaxAdapterConfig
 from lmcache_plugin_dax.layout import HEADER_BYTES, Mapping
 
@@ -374,7 +379,7 @@ class DaxL2Adapter(L2Adapter, Reconfigurable):
                 return  # stored already (content-addressed), as LMCache
             targets = [d for d in self._devices if d.state == "active" and d.free_count()]
             if not targets:
-                raise OSError("no active DAX device has a free slot")
+                raise NoRoom("no active DAX device has a free slot")
             device = max(targets, key=Device.free_count)
             slot = device.allocate()
             assert slot is not None and device.mapping is not None
