@@ -202,11 +202,14 @@ def test_a_missing_bucket_is_a_counted_logged_failure(moto_s3, caplog):
             a.start()
         assert "bucket 'no-such-bucket' does not exist" in caplog.text
         status = a.report_status()
-        assert status["is_healthy"] is False and status["last_error"].startswith("startup:")
+        assert status["is_healthy"] is False and "does not exist" in status["startup_error"]
         assert a.store([key(1)], [obj(1)]).result() == [False]
-        assert a.failures["store"] == 1
+        assert a.failures["store"] == 1 and a.report_status()["is_healthy"] is False
         assert a.report_status()["failures_by_reason"].get("http_404", 0) >= 2
         assert a.report_status()["breaker"]["state"] == "closed"  # S3 answers: not an outage
+        moto_s3.create_bucket("no-such-bucket")  # fixed while the server runs: the next store succeeds
+        assert a.store([key(1)], [obj(1)]).result() == [True]
+        assert a.report_status()["is_healthy"] is True
     finally:
         a.close()
 

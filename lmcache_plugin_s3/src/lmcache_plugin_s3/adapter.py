@@ -49,7 +49,7 @@ The adapter checks the bucket once (``HeadBucket``) when it starts. An unreachab
 endpoint does not stop the server: the breaker starts open and probes (a node of a
 fleet comes up while S3 is down). A missing bucket or rejected credentials do not
 stop it either: they are logged as an error naming the cause, shown in ``/status``
-(``is_healthy: false``, ``last_error``) and every request that meets them is a
+(``is_healthy: false``, ``startup_error``, until a request succeeds) and every request that meets them is a
 counted failure (``failures_by_reason``: ``http_404``, ``http_403``).
 
 Config keys with no boto3 meaning
@@ -356,6 +356,7 @@ class S3L2Adapter(L2Adapter):
         self.failures_by_reason: dict[str, int] = {}
         self.skipped = {"store": 0, "lookup": 0, "load": 0}
         self.last_error: str | None = None
+        self.startup_error: str | None = None  # a missing bucket or rejected credentials, until a request succeeds
         self._latency: dict[str, deque[float]] = {}
         self.breaker = CircuitBreaker(self.l2_name, self._probe, threshold=config.breaker_failures,
                                       backoff_s=config.breaker_backoff_s,
@@ -392,6 +393,8 @@ class S3L2Adapter(L2Adapter):
             raise
         self.breaker.record_success()
         self._observe(op, started)
+        if self.startup_error is not None:
+            self.startup_error = None  # the bucket or the credentials were fixed meanwhile
         return result
 
     def _count_failure(self, op: str, exc: BaseException, reason: str | None = None) -> None:
@@ -420,7 +423,11 @@ class S3L2Adapter(L2Adapter):
         self._account_deleted([key])
 
     def _probe(self) -> None:
-        self._fast.head_bucket(Bucket=self.bucket)
+        """The breaker's probe: any answer from S3 (even 403 or 404) means the endpoint is back."""
+        try:
+            self._fast.head_bucket(Bucket=self.bucket)
+        except bce.ClientError:
+            return
 
     def _breaker_changed(self, state: str) -> None:
         metrics.BREAKER_STATE.labels(self.l2_name).set(STATE_CODES[state])
@@ -559,8 +566,7 @@ class S3L2Adapter(L2Adapter):
                 status, f"HeadBucket answered {status}")
             logger.error("s3 adapter %s at %s: %s; requests will fail until this is fixed", self.l2_name,
                          self.endpoint.display, what)
-            with self._stats_lock:
-                self.last_error = f"startup: {what}"
+            self.startup_error = what
             return []
         except Exception as exc:
             if failure_reason(exc)[1]:
@@ -600,8 +606,9 @@ class S3L2Adapter(L2Adapter):
                 "skipped": dict(self.skipped),
                 "latency_ms": latency,
                 "last_error": self.last_error,
+                "startup_error": self.startup_error,
             }
-        if breaker["state"] != CLOSED or (self.last_error or "").startswith("startup:"):
+        if breaker["state"] != CLOSED or self.startup_error is not None:
             doc["is_healthy"] = False
         return doc
 
