@@ -34,5 +34,5 @@ def test_a_minute_of_chaos_keeps_every_byte_and_leaks_nothing(tmp_path: Path) ->
     # The faults really happened: the server was killed and came back, workers died, the L2 misbehaved.
     assert report["server_restarts"] >= 1 and report["worker_kills"] >= 1, report
     kinds = {k for k in FAULT_KINDS if report["faults_injected"].get(k)}
-    assert len(kinds) >= 3 and sum(report["faults_injected"].get(k, 0) for k in kinds) >= 5, report["faults_injected"]
+    assert len(kinds) >= 4, report["faults_injected"]
     assert report["ok"], report["failures"]

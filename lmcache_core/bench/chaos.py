@@ -57,6 +57,7 @@ from lmcache_core.transport import wire
 from lmcache_core.transport.wire import Op
 
 RSS_GROWTH_BOUND = 0.05
+RSS_SETTLE_S = 20.0  # the first RSS sample waits this long after a restart (a fresh process warms up)
 # Sessions a dead connection created without a LOOKUP (a worker killed mid-STORE) are not the reaper's:
 # they expire with the session TTL, as in LMCache. The leak check waits for that (LEAK_CHECK_S > TTL).
 SESSION_TTL_S = 20
@@ -152,7 +153,9 @@ class Chaos:
         self.shrink_shm = shrink_shm
         self.dir = work_dir
         self.fault_interval = fault_interval or max(3.0, min(8.0, duration / 40))
-        self.restart_every = restart_every or max(30.0, duration / 5)
+        # One restart by default, early in the fault phase, so that one server process lives from before
+        # the 25 % mark to the end and its RSS can be compared across the run.
+        self.restart_every = restart_every or duration
         l2 = {"type": "fault_inject", "inner": {"type": "fs", "base_path": str(work_dir / "l2")}, "seed": seed,
               "hang_seconds": 1.0, "max_capacity_gb": L2_GB,
               "eviction": {"eviction_policy": "LRU", "trigger_watermark": 0.8, "eviction_ratio": 0.2}}
@@ -178,6 +181,8 @@ class Chaos:
         self.shrink_results: list[dict[str, Any]] = []
         self.t0 = 0.0
         self.phase_ops: dict[str, tuple[float, int]] = {}
+        self.last_restart_t = float("-inf")
+        self.restarts: list[threading.Thread] = []
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -315,7 +320,7 @@ class Chaos:
 
     def l2_faults(self, faults: dict[str, Any], hold_s: float) -> None:
         code, raw = self.call("POST", "/reconfigure/fault_inject/set", {"faults": faults})
-        if code != 200:
+        if code != 200 and code != 0:  # 0: the server is restarting (counted as unavailable)
             self.health_failures.append(f"reconfigure set answered {code}: {raw[:200]!r}")
         self.stop.wait(hold_s)
         self.call("POST", "/reconfigure/fault_inject/clear", {})
@@ -349,6 +354,7 @@ class Chaos:
                 self.server.kill()
             self.server.start(timeout_s=120)
             self.server_restarts += 1
+            self.last_restart_t = self.elapsed()
             self.set_quotas()
         finally:
             self.restarting.clear()
@@ -382,7 +388,10 @@ class Chaos:
         elif kind == "nonreading_client":
             self.nonreading_client(2.0)
         elif kind == "server_restart":
-            self.restart_server()
+            # In its own thread: the other faults go on while the server is down and coming back.
+            restart = threading.Thread(target=self.restart_server, daemon=True, name="chaos-restart")
+            self.restarts.append(restart)
+            restart.start()
         elif kind == "shrink_shm":
             with self.lock:
                 live = [w for w in self.workers if w.ready.is_set() and w.proc.poll() is None]
@@ -391,7 +400,8 @@ class Chaos:
 
     def schedule_faults(self, start: float, end: float) -> None:
         kinds = [k for k in FAULT_KINDS if k != "server_restart"] + (["shrink_shm"] if self.shrink_shm else [])
-        next_restart = start + self.restart_every / 2
+        next_restart = start + min(self.restart_every / 2, 2.0)
+        deck: list[str] = []
         while not self.stop.is_set():
             now = self.elapsed()
             if now >= end:
@@ -403,7 +413,9 @@ class Chaos:
                 self.inject("server_restart")
                 next_restart += self.restart_every
             else:
-                self.inject(self.rng.choice(kinds))
+                if not deck:  # every kind once per round, in a random order
+                    deck = self.rng.sample(kinds, len(kinds))
+                self.inject(deck.pop())
             self.stop.wait(self.fault_interval * self.rng.uniform(0.5, 1.5))
 
     # -- the run ---------------------------------------------------------------------------
@@ -439,13 +451,16 @@ class Chaos:
             time.sleep(0.2)  # the run's clock: nothing to wait on
             if "baseline_end" not in marks and self.elapsed() >= baseline_end:
                 marks["baseline_end"] = (self.elapsed(), self.ops())
-            if rss_25 is None and self.elapsed() >= self.duration * 0.25 and not self.restarting.is_set():
+            now = self.elapsed()
+            if (rss_25 is None and now >= self.duration * 0.25 and now >= self.last_restart_t + RSS_SETTLE_S
+                    and not self.restarting.is_set()):
                 rss_25 = (self.server.rss_bytes(), self.server.starts)
+                self.rss_25_t = now
         marks["end"] = (self.elapsed(), self.ops())
         rss_100 = (self.server.rss_bytes(), self.server.starts)
         self.stop.set()
-        for t in threads:
-            t.join(60)
+        for t in threads + self.restarts:
+            t.join(150)
         self.call("POST", "/reconfigure/fault_inject/clear", {})
         return self.finish(marks, rss_25, rss_100)
 
@@ -592,6 +607,7 @@ class Chaos:
             "shrink_shm_results": self.shrink_results,
             "leaks_after_all_workers_gone": leaks,
             "rss_bytes_at_25pct": rss_25[0] if rss_25 else None,
+            "rss_first_sample_s": getattr(self, "rss_25_t", None),
             "rss_bytes_at_100pct": rss_100[0],
             "rss_growth_25_to_100pct": None if rss_growth is None else round(rss_growth, 4),
             "rss_growth_bound": RSS_GROWTH_BOUND,
