@@ -26,7 +26,8 @@ L2 adapters
     :class:`L2Adapter`, its config base :class:`L2AdapterConfig`, :class:`L2AdapterContext`,
     the result types (:class:`KeyEntry`, :class:`KeyListPage`, :class:`DeleteReport`,
     :class:`AdapterUsage`), :class:`ListingNotSupported`, :class:`Reconfigurable` and
-    :class:`ReconfigureError`; keys (:class:`ObjectKey`, :class:`EncodedObjectKey`, the
+    :class:`ReconfigureError`, :class:`L2Full` (a full backend: skip, not fail); keys
+    (:class:`ObjectKey`, :class:`EncodedObjectKey`, the
     validators and the object-name codecs); sizes (:func:`parse_size`, :func:`format_size`).
 Status and metrics
     :func:`full_version`, :func:`package_version`, :func:`commit_id`; :func:`reset_metrics`;
@@ -93,6 +94,7 @@ from lmcache_core.storage.l2.base import (
     L2Adapter,
     L2AdapterConfig,
     L2AdapterContext,
+    L2Full,
     L2Listener,
     ListingNotSupported,
     Reconfigurable,
@@ -121,7 +123,8 @@ __all__ = [
     "status_reason", "unavailable_body",
     # L2 adapters, keys, sizes
     "GIB", "AdapterUsage", "DeleteReport", "KeyEntry", "KeyListPage", "L2Adapter", "L2AdapterConfig",
-    "L2AdapterContext", "L2Listener", "ListingNotSupported", "Reconfigurable", "ReconfigureError", "as_bytes_view",
+    "L2AdapterContext", "L2Full", "L2Listener", "ListingNotSupported", "Reconfigurable", "ReconfigureError",
+    "as_bytes_view",
     "ZMQ_REQUESTS",
     "DEFAULT_WARM_JOB_MAX_COMPLETED", "DEFAULT_WARM_JOB_TTL_S",
     "FS_NAME_SUFFIX", "MAX_CACHE_SALT_CHARS", "MAX_CHUNK_HASH_BYTES", "EncodedObjectKey", "InvalidKeyError",

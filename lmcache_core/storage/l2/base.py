@@ -148,6 +148,16 @@ class DeleteReport:
     failed: list[tuple[ObjectKey, str]]
 
 
+class L2Full(Exception):
+    """Raised by :meth:`L2Adapter._put` when the backend has no room for this object now.
+
+    The object is skipped, not failed: it is counted in ``report_status()["skipped_full"]``
+    and logged at most once a minute per adapter, instead of once per object as a failure.
+    Raise it for a full disk, a device without free slots or a quota the backend enforces;
+    raise anything else for a real fault.
+    """
+
+
 class ListingNotSupported(NotImplementedError):
     """This adapter type cannot enumerate what it stores."""
 
@@ -233,12 +243,17 @@ class L2Listener:
 class L2Adapter(abc.ABC):
     """Base class of every L2 adapter; see the module docstring for the author's surface."""
 
-    def __init__(self, config: L2AdapterConfig, context: L2AdapterContext) -> None:
+    def __init__(self, config: L2AdapterConfig, context: L2AdapterContext, *,
+                 capacity_bytes: int | None = None) -> None:
+        """``capacity_bytes``: the backend's own capacity, when it knows one (a device's size); by
+        default ``config.max_capacity_gb``. It is what usage fractions and L2 eviction compare with."""
         self.config = config
         self.context = context
         self.index = context.index
         self.type_name = context.type_name
-        self.max_capacity_bytes = int(config.max_capacity_gb * GIB)
+        self.max_capacity_bytes = int(config.max_capacity_gb * GIB) if capacity_bytes is None else int(capacity_bytes)
+        self.skipped_full = 0
+        self._full_logged_at = float("-inf")
         self._pool = ThreadPoolExecutor(max(1, context.io_workers),
                                         thread_name_prefix=f"l2-{context.type_name}-{context.index}")
         self._lock = threading.Lock()
@@ -381,6 +396,7 @@ class L2Adapter(abc.ABC):
                 "current_size_bytes": self._total,
                 "max_capacity_bytes": self.max_capacity_bytes,
                 "failures": dict(self.failures),
+                "skipped_full": self.skipped_full,
             }
         doc.update(self._status())
         return doc
@@ -419,6 +435,17 @@ class L2Adapter(abc.ABC):
         if told:
             self._notify("on_l2_keys_deleted", told)
 
+    def _skipped_full(self, exc: L2Full) -> None:
+        with self._lock:
+            self.skipped_full += 1
+            now = time.monotonic()
+            log = now - self._full_logged_at >= 60.0
+            if log:
+                self._full_logged_at = now
+        if log:
+            logger.warning("L2 %s #%d is full (%s): stores are skipped (%d so far)", self.type_name, self.index,
+                           exc, self.skipped_full)
+
     def _failed(self, op: str) -> None:
         self.failures[op] += 1
         metrics.L2_FAILURES.labels(self.l2_name, op).inc()
@@ -441,6 +468,9 @@ class L2Adapter(abc.ABC):
             try:
                 data = as_bytes_view(pair[1])
                 self._put(pair[0], data)
+            except L2Full as exc:
+                self._skipped_full(exc)
+                return None
             except Exception as exc:
                 self._failed("store")
                 logger.warning("L2 %s #%d: store failed: %s", self.type_name, self.index, exc)
