@@ -93,6 +93,91 @@ def _background(url: str, iid: int, layers: int, stop: Any, counter: Any) -> Non
         client.close()
 
 
+def _transfer_worker(url: str, iid: int, layers: int, chunks: int, rounds: int, barrier: Any, out: Any) -> None:
+    """One of N concurrent workers: STORE then RETRIEVE ``chunks`` chunks, ``rounds`` times, after a barrier."""
+    client, ctx, kv = _worker(url, iid, layers, 2 * chunks * 16, True)
+    store_s = retrieve_s = 0.0
+    ok = True
+    try:
+        barrier.wait(timeout=300)
+        for r in range(rounds):
+            tokens = [iid * 10_000_000 + r * 100_000 + i for i in range(chunks * 256)]
+            rid = f"w{iid}-{r}"
+            k = _key(tokens, rid, 0)
+            t0 = time.perf_counter()
+            ok &= bool(ctx.submit_store(rid, k, kv, [list(range(chunks * 16))], ctx.create_recorded_event(), 16
+                                        ).result(TIMEOUT))
+            store_s += time.perf_counter() - t0
+            client.lookup(_key(tokens, rid, None), 1).result(TIMEOUT)
+            while client.query_prefetch_status(rid).result(TIMEOUT) is None:
+                pass
+            t0 = time.perf_counter()
+            ok &= bool(ctx.submit_retrieve(rid, k, kv, [list(range(chunks * 16, 2 * chunks * 16))],
+                                           ctx.create_recorded_event(), 16, skip_first_n_tokens=0).result(TIMEOUT))
+            retrieve_s += time.perf_counter() - t0
+            client.end_session(rid).result(TIMEOUT)
+        barrier.wait(timeout=600)
+    finally:
+        out.put((iid, ok, store_s, retrieve_s))
+        ctx.close()
+        client.close()
+
+
+def _raw_worker(layers: int, chunks: int, rounds: int, barrier: Any, out: Any) -> None:
+    """The baseline for one worker: the same bytes gathered to and scattered from contiguous memory by torch."""
+    import torch
+
+    torch.set_num_threads(1)
+    blocks = 2 * chunks * 16
+    kv = [torch.randn(2, blocks, 16, 8, 128).to(torch.float16) for _ in range(layers)]
+    src, dst = torch.arange(0, chunks * 16), torch.arange(chunks * 16, blocks)
+    bufs = [torch.empty(2, chunks * 16, 16, 8, 128, dtype=torch.float16) for _ in range(layers)]
+    for t, b in zip(kv, bufs):  # touch everything once
+        torch.index_select(t, 1, src, out=b)
+    barrier.wait(timeout=300)
+    gather_s = scatter_s = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for t, b in zip(kv, bufs):
+            torch.index_select(t, 1, src, out=b)
+        gather_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for t, b in zip(kv, bufs):
+            t.index_copy_(1, dst, b)
+        scatter_s += time.perf_counter() - t0
+    barrier.wait(timeout=600)
+    out.put((0, True, gather_s, scatter_s))
+
+
+def scaling(url: str, n: int, layers: int, chunks: int, rounds: int) -> dict[str, Any]:
+    """N workers at once through the real client, beside N raw copies at once; and LOOKUP p50 meanwhile."""
+    spawn = mp.get_context("spawn")
+    nbytes = n * rounds * chunks * 2 * layers * 256 * 8 * 128 * 2  # per direction, all workers
+
+    def phase(target: Any, args_for: Any) -> tuple[float, float, bool]:
+        barrier, out = spawn.Barrier(n + 1), spawn.Queue()
+        procs = [spawn.Process(target=target, args=(*args_for(i), barrier, out)) for i in range(n)]
+        for p in procs:
+            p.start()
+        barrier.wait(timeout=300)
+        t0 = time.perf_counter()
+        barrier.wait(timeout=600)
+        wall = time.perf_counter() - t0
+        results = [out.get(timeout=60) for _ in range(n)]
+        for p in procs:
+            p.join(timeout=60)
+        ok = all(r[1] for r in results)
+        # aggregate GB/s of each direction: bytes over the slowest worker's time in it
+        return nbytes / max(r[2] for r in results) / 1e9, nbytes / max(r[3] for r in results) / 1e9, ok and wall > 0
+
+    raw_gather, raw_scatter, _ = phase(_raw_worker, lambda i: (layers, chunks, rounds))
+    store, retrieve, ok = phase(_transfer_worker, lambda i: (url, 2000 + i, layers, chunks, rounds))
+    return {"workers": n, "ok": ok, "aggregate_store_gbps": round(store, 3),
+            "aggregate_retrieve_gbps": round(retrieve, 3), "raw_parallel_gather_gbps": round(raw_gather, 3),
+            "raw_parallel_scatter_gbps": round(raw_scatter, 3),
+            "store_ratio_to_raw": round(store / raw_gather, 3), "retrieve_ratio_to_raw": round(retrieve / raw_scatter, 3)}
+
+
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -109,7 +194,13 @@ def main() -> int:
     ap.add_argument("--lookups", type=int, default=300)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--background", type=int, default=0, help="worker processes transferring meanwhile")
+    ap.add_argument("--scaling", type=int, default=0, help="instead: N workers transferring at once")
+    ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
+    if args.scaling:
+        print(json.dumps(scaling(args.url, args.scaling, args.layers, args.chunks, args.rounds)))
+        return 0
 
     client, ctx, kv = _worker(args.url, 777, args.layers, PREFIX // 16, True)
     out: dict[str, Any] = {}

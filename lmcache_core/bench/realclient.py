@@ -14,7 +14,9 @@ one up at a time, so neither shares the CPU with the other — and reports for e
   the quiet p50.
 
 Rows: one per server (p50s are the median over the rounds; p99s the largest), and
-a comparison row. Environment: ``LMCACHE_BENCH_ROUNDS`` (2), ``LMCACHE_BENCH_PROBE_LOOKUPS``
+a comparison row; then, with 2 and 4 worker processes transferring at once, their
+aggregate STORE and RETRIEVE GB/s beside the same number of processes doing raw
+torch copies of the same bytes (``datapath_real_client_workers``). Environment: ``LMCACHE_BENCH_ROUNDS`` (2), ``LMCACHE_BENCH_PROBE_LOOKUPS``
 (300), ``LMCACHE_BENCH_LAYERS`` (32).
 """
 
@@ -38,18 +40,27 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def probe(url: str, lookups: int, layers: int, background: int = 0) -> dict[str, Any]:
-    """One run of the probe against ``url`` with the peer's python; its JSON object."""
-    python = PEER_VENV / "bin" / "python"
+def _run_probe(*args: str) -> dict[str, Any]:
+    """Run the probe script with the peer's python and ``args``; its JSON object."""
     # -P: do not put this package's folder first on sys.path (its http.py would shadow the stdlib's).
-    cmd = [str(python), "-P", str(PROBE), url, "--lookups", str(lookups), "--layers", str(layers),
-           "--background", str(background)]
+    cmd = [str(PEER_VENV / "bin" / "python"), "-P", str(PROBE), *args]
     env = peer_env({k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")})
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"probe failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"probe {' '.join(args[1:])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(lines[-1])
+
+
+def probe(url: str, lookups: int, layers: int, background: int = 0) -> dict[str, Any]:
+    """NOOP and LOOKUP round trips against ``url`` (``background`` workers transferring meanwhile)."""
+    return _run_probe(url, "--lookups", str(lookups), "--layers", str(layers), "--background", str(background))
+
+
+def scaling_probe(url: str, workers: int, layers: int, chunks: int, rounds: int) -> dict[str, Any]:
+    """``workers`` processes STORE and RETRIEVE at once through the real client (and raw copies, the baseline)."""
+    return _run_probe(url, "--scaling", str(workers), "--layers", str(layers), "--chunks", str(chunks),
+                      "--rounds", str(rounds))
 
 
 def _server_cmd(name: str, zp: int, hp: int) -> tuple[list[str], dict[str, str]]:
@@ -109,6 +120,16 @@ def run() -> list[dict[str, Any]]:
                     loaded[name].append(probe(url, lookups // 2, base["layers"], background))
     rows = [{**base, "server": name, "background_workers": background, **_merge(quiet[name], loaded[name])}
             for name in names]
+    # Tensor parallelism: N workers storing and retrieving their shards at the same moment.
+    chunks, sc_rounds = _env_int("LMCACHE_BENCH_SCALING_CHUNKS", 4), _env_int("LMCACHE_BENCH_SCALING_ROUNDS", 3)
+    for workers in (2, 4):
+        for name in names:
+            zp, hp = free_port(), free_port()
+            cmd, env = _server_cmd(name, zp, hp)
+            with server_process(cmd, f"http://127.0.0.1:{hp}/healthcheck", env=env):
+                got = scaling_probe(f"tcp://127.0.0.1:{zp}", workers, base["layers"], chunks, sc_rounds)
+            rows.append({"bench": "datapath_real_client_workers", "server": name, "chunks_per_round": chunks,
+                         "rounds": sc_rounds, **got})
     ours, theirs = rows
     rows.append({"bench": "datapath_real_client", "comparison": "lmcache-server / lmcache-0.5.6",
                  "noop_p50_ratio": round(ours["noop_p50_us"] / theirs["noop_p50_us"], 3),
