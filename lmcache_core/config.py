@@ -161,11 +161,16 @@ def build_configs(args: argparse.Namespace, specs: Any = ()) -> dict[str, msgspe
 
 
 class _ExtendItems(argparse.Action):
-    """``--flag a b,c`` → ``["a", "b", "c"]``: each token is parsed to a list, the lists are joined."""
+    """``--flag a b,c`` → ``["a", "b", "c"]``: each token is parsed to a list, the lists are joined.
+
+    A repeated flag appends (``--flag a --flag b`` → ``["a", "b"]``, as ``action="append"`` does);
+    the first occurrence replaces the default (which may come from an ``LMCACHE_*`` variable).
+    """
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Sequence[Any] | str | None, option_string: str | None = None) -> None:
-        flat: list[Any] = []
+        current = getattr(namespace, self.dest, None)
+        flat: list[Any] = [] if current is None or current is self.default else list(current)
         for item in values or []:
             flat.extend(item if isinstance(item, list) else [item])
         setattr(namespace, self.dest, flat)
