@@ -57,14 +57,9 @@ import msgspec
 from litestar import MediaType, Request, Response, Router, get
 from litestar.datastructures import State
 
-from lmcache_core import buildinfo, hookimpl
-from lmcache_core.config import masked
-from lmcache_core.http import openapi
-from lmcache_core.http.deps import Engine, unavailable_body
-from lmcache_core.api import has_admin_token
+from lmcache_core import api
+from lmcache_core.api import Engine, HTTPError, RegisterRoutes, has_admin_token, hookimpl, masked, openapi
 
-ENGINE_UNAVAILABLE = {"error": "engine not initialized"}
-CONFIGS_UNAVAILABLE = {"error": "configs not initialized"}
 JSON = MediaType.JSON
 
 
@@ -168,7 +163,7 @@ def conf(state: State) -> Response[bytes]:
     configs = getattr(server, "configs", None)
     snapshot = dict(configs) if isinstance(configs, dict) else {}
     if not snapshot:
-        return Response(CONFIGS_UNAVAILABLE, status_code=503, media_type=JSON)
+        raise HTTPError(503, "configs not initialized")
     return Response(conf_document(snapshot), media_type=JSON)
 
 
@@ -179,25 +174,25 @@ def _json_string(value: str) -> Response[bytes]:
 @get("/version", sync_to_thread=False, summary="Combined version descriptor")
 def version() -> Response[bytes]:
     """``"<version>-<commit>"``, ``NA`` for a missing part."""
-    return _json_string(buildinfo.full_version())
+    return _json_string(api.full_version())
 
 
 @get("/lmc_version", sync_to_thread=False, summary="Package version")
 def lmc_version() -> Response[bytes]:
     """The package version, ``""`` if unknown."""
-    return _json_string(buildinfo.package_version())
+    return _json_string(api.package_version())
 
 
 @get("/commit_id", sync_to_thread=False, summary="Build commit id")
 def commit_id() -> Response[bytes]:
     """The commit baked in at build/install time, ``""`` if unknown."""
-    return _json_string(buildinfo.commit_id())
+    return _json_string(api.commit_id())
 
 
-router = Router(path="/", route_handlers=[status, conf, version, lmc_version, commit_id], tags=["inspect"],
-                opt=unavailable_body(ENGINE_UNAVAILABLE))
+router = Router(path="/", route_handlers=[status, conf, version, lmc_version, commit_id], tags=["inspect"])
+"""Errors in the default ``{"error": ...}`` envelope (the engine's 503 included)."""
 
 
 @hookimpl
-def lmcache_register_routes(register: Any) -> None:
+def lmcache_register_routes(register: RegisterRoutes) -> None:
     register(router)
