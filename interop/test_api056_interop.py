@@ -15,6 +15,8 @@ Where lmcache-server answers differently on purpose, the test says so and checks
 * ``lmcache describe kvcache``: 0.5.6's CLI reads ``storage_manager.eviction_controller.eviction_policy``,
   which 0.5.6's server does not fill (``null``); ours fills it (``"LRU"``).
 * ``engine_type`` names the implementation (``MPCacheServer`` / ``CacheServer``).
+* ``POST /cache/prefetches`` with a token id outside ``[0, 2**32)``: ours 400, 0.5.6 500. A key invariant's
+  400 message words the rule in each implementation's own way (compared by status).
 * ``lmcache quota list`` prints the server's rows in its order: ours sorted by salt, 0.5.6's in order of
   creation; the rows are compared as a set.
 * ``GET /config``: each implementation lays out its own config objects inside a section; the sections an
@@ -266,6 +268,39 @@ def test_config_is_one_indented_document_with_the_same_core_sections(bare: tuple
     # Inside a section each implementation lays out its own config objects (0.5.6 nests the policy).
     assert ours["storage_manager"]["eviction_policy"] == theirs["storage_manager"]["eviction_config"][
         "eviction_policy"] == "LRU"
+
+
+def test_prefetch_without_l2_completes_at_once_on_both(bare: tuple[Server, Server]) -> None:
+    """No L2 to load from: submitted, then completed with nothing found, then unknown; a token id that cannot
+    be hashed is our 400 where 0.5.6 fails with a 500 (a documented difference)."""
+    with contextlib.ExitStack() as stack:
+        for server in bare:
+            kv = WorkerKVCache(2, SHAPE)
+            client = LMCacheClient(server.zmq_url, timeout_s=30)
+            stack.callback(kv.close)
+            stack.callback(client.close)
+            client.register_kv_cache(IID + 1, kv.descriptors(), MODEL, 1, {"kv_layout": "NHD"})
+            stack.callback(client.unregister_kv_cache, IID + 1)
+        body = {"model_name": MODEL, "world_size": 1, "token_ids": TOKENS}
+        ids = {}
+        for server in bare:
+            resp = server.request("POST", "/cache/prefetches", body)
+            assert normalised(resp, ("request_id",)) == (
+                202, {"request_id": VARIES, "chunks": 3, "status": "submitted"}), server.name
+            ids[server.name] = resp.json()["request_id"]
+        answers = {}
+        for server in bare:
+            def completed(s: Server = server) -> Any:
+                doc = s.request("GET", f"/cache/prefetches/{ids[s.name]}").json()
+                return doc if doc["status"] == "completed" else None
+            answers[server.name] = {**wait_until(completed, f"{server.name}'s prefetch"), "request_id": VARIES}
+            assert server.request("GET", f"/cache/prefetches/{ids[server.name]}").status_code == 404
+        assert answers["ours"] == answers["theirs"] == {
+            "request_id": VARIES, "status": "completed", "found_keys": 0, "total_keys": 3}
+        same(bare, "POST", "/cache/prefetches", {**body, "cache_salt": "a/b"}, varies=("detail",))
+        ours, theirs = bare
+        assert ours.request("POST", "/cache/prefetches", {**body, "token_ids": [-1] * CHUNK}).status_code == 400
+        assert theirs.request("POST", "/cache/prefetches", {**body, "token_ids": [-1] * CHUNK}).status_code == 500
 
 
 # -- routes with an fs L2 and stored KV ----------------------------------------------------------

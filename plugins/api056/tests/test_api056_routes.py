@@ -270,8 +270,12 @@ def test_prefetch_refusals(make_live: Any) -> None:
     assert jobs["pending_jobs"] + jobs["completed_unpolled_jobs"] == 0  # no refusal (nor the noop) made a job
     no_l2 = make_live(adapters=[])
     no_l2.worker()
-    resp = no_l2.request("POST", "/cache/prefetches", base)
-    assert (resp.status_code, resp.json()) == (503, {"detail": "no L2 adapters configured"})
+    resp = no_l2.request("POST", "/cache/prefetches", base)  # nothing to load from: done at once, as in 0.5.6
+    assert resp.status_code == 202 and resp.json()["chunks"] == 3
+    request_id = resp.json()["request_id"]
+    assert no_l2.request("GET", f"/cache/prefetches/{request_id}").json() == {
+        "request_id": request_id, "status": "completed", "found_keys": 0, "total_keys": 3}
+    assert no_l2.request("GET", f"/cache/prefetches/{request_id}").status_code == 404
 
 
 # -- /reconfigure/{backend}/l2 ---------------------------------------------------------------------

@@ -12,6 +12,10 @@ same way; only the HTTP shapes differ.
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 from lmcache_core.api import (
@@ -188,11 +192,11 @@ def submit_prefetch(server: CacheServer, model_name: str, world_size: int, token
     hashes = server.hasher.hash_chunks(token_ids)
     if not hashes:
         return 202, {"chunks": 0, "status": "noop"}
-    jobs = storage.warm_jobs if storage is not None else None
-    if jobs is None:
-        return detail(503, NO_ADAPTERS)
     ranks = kv_ranks_for_world(world_size)
     keys = [ObjectKey(h, model_name, rank, 0, cache_salt) for h in hashes for rank in ranks]
+    jobs = storage.warm_jobs if storage is not None else None
+    if jobs is None:  # no L2: nothing to load from, a job that is done at once (as 0.5.6 answers)
+        return 202, {"request_id": _nothing_to_warm(server, len(keys)), "chunks": len(hashes), "status": "submitted"}
     try:
         request_id = jobs.submit(keys, nbytes)
     except RuntimeError:  # the prefetch pool is shut down: the engine is stopping
@@ -200,11 +204,34 @@ def submit_prefetch(server: CacheServer, model_name: str, world_size: int, token
     return 202, {"request_id": request_id, "chunks": len(hashes), "status": "submitted"}
 
 
+_EMPTY_JOBS: weakref.WeakKeyDictionary[CacheServer, OrderedDict[str, int]] = weakref.WeakKeyDictionary()
+_EMPTY_JOBS_LOCK = threading.Lock()
+MAX_EMPTY_JOBS = 10_000
+
+
+def _nothing_to_warm(server: CacheServer, total_keys: int) -> str:
+    """A request id for a warm prefetch on a server without L2: completed at once, nothing found.
+
+    Kept until polled, at most :data:`MAX_EMPTY_JOBS` per server (the oldest go first).
+    """
+    request_id = uuid.uuid4().hex
+    with _EMPTY_JOBS_LOCK:
+        jobs = _EMPTY_JOBS.setdefault(server, OrderedDict())
+        jobs[request_id] = total_keys
+        while len(jobs) > MAX_EMPTY_JOBS:
+            jobs.popitem(last=False)
+    return request_id
+
+
 def prefetch_status(server: CacheServer, request_id: str) -> Answer:
     """``GET /cache/prefetches/{request_id}``: pending; completed with the counts, once; then 404."""
     jobs = server.storage.warm_jobs if server.storage is not None else None
     state = jobs.poll(request_id) if jobs is not None else None
     if state is None:
+        with _EMPTY_JOBS_LOCK:
+            total = _EMPTY_JOBS.get(server, {}).pop(request_id, None)  # type: ignore[call-overload]
+        if total is not None:
+            return 200, {"request_id": request_id, "status": "completed", "found_keys": 0, "total_keys": total}
         return detail(404, f"unknown prefetch request_id={request_id!r} (already completed or never submitted)")
     if state.status == "pending":
         return 200, {"request_id": request_id, "status": "pending"}

@@ -42,8 +42,8 @@ Routes
     registered for ``(model_name, world_size)`` (the seed's ``/l2/prefetch`` says 409);
     400 over 1,000,000 tokens, a token id outside ``[0, 2**32)`` or a bad
     ``model_name``/``cache_salt``; 202 ``{"chunks": 0, "status": "noop"}`` below one
-    chunk; 503 ``no L2 adapters configured``; else 202 ``{"request_id", "chunks",
-    "status": "submitted"}``.
+    chunk; else 202 ``{"request_id", "chunks", "status": "submitted"}`` (without L2 the job
+    is completed at once with ``found_keys`` 0, as 0.5.6 answers).
 ``GET /cache/prefetches/{request_id}``
     200 ``{"request_id", "status": "pending"}``, then once ``{"request_id", "status":
     "completed", "found_keys", "total_keys"}``, then 404.
@@ -61,8 +61,7 @@ Decisions where 0.5.6's behaviour is not worth copying (each keeps the status co
   from L1, so a 503/404 changes nothing (0.5.6 has already deleted from L1 then).
 * Empty ``?model_name=`` and ``?page_token=`` mean "not given", as in the seed's
   ``/l2/keys`` (an empty cursor is the first page).
-* A ``POST /cache/prefetches`` on a server without L2 adapters answers 503
-  ``no L2 adapters configured`` (nothing could be warmed).
+* ``POST /cache/prefetches``: a token id outside ``[0, 2**32)`` is 400 (0.5.6 answers 500).
 * ``POST /reconfigure/{backend}/l2/{operation}`` refuses an operation the adapter does
   not list (400 ``unsupported <backend> reconfigure operation: <op>``) for every
   backend, like the seed, instead of handing it to the adapter.
@@ -424,7 +423,7 @@ async def delete_objects(engine: Engine, request: Request[Any, Any, Any]) -> Res
           400: openapi.detail("a direction other than l2 → l1, too many tokens, a token id out of range, or a "
                               "`model_name` / `cache_salt` no key can have"),
           422: invalid("the body is not a PrefetchRequest"),
-          503: openapi.detail("not initialized, no layout registered for (`model_name`, `world_size`), or no L2")})
+          503: openapi.detail("not initialized, or no layout registered for (`model_name`, `world_size`)")})
 async def submit_prefetch(engine: Engine, request: Request[Any, Any, Any]) -> Response[Any]:
     """Hash the tokens as LOOKUP does and warm their chunks into L1; 202 at once."""
     body = await _body(request, PREFETCH_REQUEST)
