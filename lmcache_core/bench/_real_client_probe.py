@@ -101,7 +101,7 @@ def _transfer_worker(url: str, iid: int, layers: int, chunks: int, rounds: int, 
     try:
         barrier.wait(timeout=300)
         for r in range(rounds):
-            tokens = [iid * 10_000_000 + r * 100_000 + i for i in range(chunks * 256)]
+            tokens = [(iid % 1000) * 1_000_000 + r * 10_000 + i for i in range(chunks * 256)]  # token ids are uint32
             rid = f"w{iid}-{r}"
             k = _key(tokens, rid, 0)
             t0 = time.perf_counter()
