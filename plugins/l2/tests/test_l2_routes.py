@@ -575,9 +575,14 @@ def test_mutating_routes_need_the_admin_token_and_reads_stay_open(make_live: Any
         assert live.prefetch(warm, headers=headers).status_code == 401
     assert live.data_files() == {fs_file_name(k) for k in keys}
     assert live.warm_status()["pending_jobs"] == 0 and live.warm_status()["completed_unpolled_jobs"] == 0
-    for path in ("/l2/adapters", "/l2/keys", "/l2/prefetch/unknown"):
+    for path in ("/l2/adapters", "/l2/prefetch/unknown"):
         assert live.get(path).status_code in (200, 404)
     auth = {"Authorization": "Bearer s3cret"}
+    # /l2/keys lists every tenant's cache_salt: only the admin may list it when a token is set (issue 13).
+    listed = live.get("/l2/keys")
+    assert listed.status_code == 401 and listed.json() == {"error": "admin token required"}
+    salts = {e["key"]["cache_salt"] for e in live.get("/l2/keys", headers=auth).json()["entries"]}
+    assert salts == {k.cache_salt for k in keys}
     assert live.prefetch(warm, headers=auth).status_code == 202
     assert live.delete(body, headers=auth).json() == {"requested": 2, "adapter": "fs", "ok": True}
     assert live.data_files() == set()

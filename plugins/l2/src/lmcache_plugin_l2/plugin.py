@@ -18,7 +18,7 @@ Routes (LMCache's HTTP API, "L2 Storage Management")
     ``unlock`` yet) are skipped and stay, and ``ok`` stays true for them, as the seed
     says ("skipped so the delete never corrupts an active transfer"). L1 is never
     touched. Deleted keys reach the adapter's listeners (eviction policies, quotas).
-``GET /l2/keys?adapter=&model_name=&page_size=500&page_token=``
+``GET /l2/keys?adapter=&model_name=&page_size=500&page_token=`` (admin guard: keys carry every tenant's salt)
     One page ``{"adapter", "entries": [{"key": EncodedObjectKey, "size_bytes"}],
     "next_page_token": str | null}`` (null: the listing is done). 422 for
     ``page_size`` that is not an integer in ``[1, 5000]``; 400 for a malformed
@@ -375,7 +375,9 @@ def _list(server: CacheServer, selector: str | None, model_name: str | None, pag
 
 # Positive data: page_token is opaque (only the tokens a page hands out are valid), so the conformance test does
 # not expect every string to be accepted.
-@get("/keys", sync_to_thread=True, summary="Page through the keys resident in one L2 adapter", responses={
+# Admin-guarded: keys carry every tenant's cache_salt (issue 13; docs/security.md).
+@get("/keys", sync_to_thread=True, guards=[require_admin], summary="Page through the keys resident in one L2 adapter",
+     responses={
     200: openapi.json(KeyPageResponse, "one page; `next_page_token` is null when the listing is done"),
     400: openapi.detail("a malformed `page_token`, or a `model_name` no key can have"),
     404: UNKNOWN_ADAPTER,
