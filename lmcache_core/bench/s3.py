@@ -22,7 +22,7 @@ started here as a subprocess on 127.0.0.1 and stopped at the end. Two kinds of r
 
 ``op: outage``
     STORE round trips (this process's client to a real server with the s3 L2, small
-    32 KiB chunks, ``LMCACHE_BENCH_S3_STORES`` (60) per phase): S3 up (the baseline),
+    32 KiB chunks, ``LMCACHE_BENCH_S3_STORES`` (200) per phase): S3 up (the baseline),
     S3 stopped, S3 hung (a socket that accepts and never answers). p50/p99 per phase and
     p99 ratios against the baseline (acceptance: <= 1.2).
 
@@ -286,7 +286,7 @@ def run() -> list[dict[str, Any]]:
             MotoS3(log=Path(tmp) / "moto.log") as moto:
         rows = throughput(moto, size, count, repeats)
         rows.append(prefetch(moto, layers, chunks, repeats, count))
-        rows.append(outage(Path(tmp), _env_int("LMCACHE_BENCH_S3_STORES", 60)))
+        rows.append(outage(Path(tmp), _env_int("LMCACHE_BENCH_S3_STORES", 200)))
     return [{**common, **row} for row in rows]
 
 
