@@ -183,6 +183,30 @@ def key_of(chunk: int) -> dict[str, Any]:
             "object_group_id": 0, "cache_salt": ""}
 
 
+def prefetch_on_both(pair: tuple[Server, Server], body: dict[str, Any]) -> dict[str, Any]:
+    """Submit the same warm prefetch to both (the same 202 but for the id), poll each to completion (each poll
+    carries its id), then once more (404, in the same words on both); the completion body, id masked."""
+    ids, done = {}, {}
+    for server in pair:
+        resp = server.request("POST", "/cache/prefetches", body)
+        assert normalised(resp, ("request_id",)) == (
+            202, {"request_id": VARIES, "chunks": len(body["token_ids"]) // CHUNK, "status": "submitted"}), server.name
+        ids[server.name] = resp.json()["request_id"]
+    for server in pair:
+        def completed(s: Server = server) -> dict[str, Any] | None:
+            resp = s.request("GET", f"/cache/prefetches/{ids[s.name]}")
+            assert resp.status_code == 200, resp.text
+            doc = resp.json()
+            assert doc["request_id"] == ids[s.name]
+            return doc if doc["status"] == "completed" else None
+        done[server.name] = {**wait_until(completed, f"{server.name}'s prefetch"), "request_id": VARIES}
+        resp = server.request("GET", f"/cache/prefetches/{ids[server.name]}")
+        assert (resp.status_code, resp.json()) == (404, {"detail": f"unknown prefetch request_id={ids[server.name]!r} "
+                                                                   "(already completed or never submitted)"})
+    assert done["ours"] == done["theirs"], done
+    return done["ours"]
+
+
 # -- routes, no L2 -------------------------------------------------------------------------------
 
 BARE_CASES: list[tuple[str, str, Any, bytes | None, dict[str, Any] | None]] = [
@@ -282,20 +306,7 @@ def test_prefetch_without_l2_completes_at_once_on_both(bare: tuple[Server, Serve
             client.register_kv_cache(IID + 1, kv.descriptors(), MODEL, 1, {"kv_layout": "NHD"})
             stack.callback(client.unregister_kv_cache, IID + 1)
         body = {"model_name": MODEL, "world_size": 1, "token_ids": TOKENS}
-        ids = {}
-        for server in bare:
-            resp = server.request("POST", "/cache/prefetches", body)
-            assert normalised(resp, ("request_id",)) == (
-                202, {"request_id": VARIES, "chunks": 3, "status": "submitted"}), server.name
-            ids[server.name] = resp.json()["request_id"]
-        answers = {}
-        for server in bare:
-            def completed(s: Server = server) -> Any:
-                doc = s.request("GET", f"/cache/prefetches/{ids[s.name]}").json()
-                return doc if doc["status"] == "completed" else None
-            answers[server.name] = {**wait_until(completed, f"{server.name}'s prefetch"), "request_id": VARIES}
-            assert server.request("GET", f"/cache/prefetches/{ids[server.name]}").status_code == 404
-        assert answers["ours"] == answers["theirs"] == {
+        assert prefetch_on_both(bare, body) == {
             "request_id": VARIES, "status": "completed", "found_keys": 0, "total_keys": 3}
         same(bare, "POST", "/cache/prefetches", {**body, "cache_salt": "a/b"}, varies=("detail",))
         ours, theirs = bare
@@ -331,28 +342,8 @@ def test_prefetch_warms_l1_on_both_then_deletes_count_alike(with_l2: tuple[Serve
     same(with_l2, "POST", "/cache/prefetches", {**body, "world_size": 2})  # no layout: 503
     same(with_l2, "POST", "/cache/prefetches", {**body, "token_ids": [0] * 1_000_001})  # the token cap
     same(with_l2, "POST", "/cache/clear", {"tier": "l1", "force": True})
-    ids = {}
-    for server in with_l2:
-        resp = server.request("POST", "/cache/prefetches", body)
-        assert normalised(resp, ("request_id",)) == (
-            202, {"request_id": VARIES, "chunks": 3, "status": "submitted"}), server.name
-        ids[server.name] = resp.json()["request_id"]
-    done = {}
-    for server in with_l2:
-        def completed(s: Server = server) -> dict[str, Any] | None:
-            resp = s.request("GET", f"/cache/prefetches/{ids[s.name]}")
-            assert resp.status_code == 200, resp.text
-            doc = resp.json()
-            assert doc["request_id"] == ids[s.name]
-            return doc if doc["status"] == "completed" else None
-        done[server.name] = {**wait_until(completed, f"{server.name}'s prefetch"), "request_id": VARIES}
-    assert done["ours"] == done["theirs"]
-    assert done["ours"]["total_keys"] == 3
-    for server in with_l2:  # polled once as completed: then unknown, in the same words
-        resp = server.request("GET", f"/cache/prefetches/{ids[server.name]}")
-        assert resp.status_code == 404
-        assert resp.json() == {"detail": f"unknown prefetch request_id={ids[server.name]!r} "
-                                         "(already completed or never submitted)"}
+    assert prefetch_on_both(with_l2, body) == {
+        "request_id": VARIES, "status": "completed", "found_keys": 3, "total_keys": 3}
 
     # Both L1s hold the three chunks again: deletes count the same on both.
     assert same(with_l2, "DELETE", "/cache/objects", {"keys": [key_of(0)], "tier": "l1"}) == (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 from api056_live import CHUNK, MODEL, Live, chunk_keys, encoded, wait_for
 
 from lmcache_core.storage.l1 import L1Result
@@ -367,3 +368,20 @@ def test_openapi_tags_every_route_with_its_generation(make_live: Any) -> None:
     for key in ours:
         assert "generation:0.5.6" in ops[key]["tags"], key
     assert 422 in {int(s) for s in ops[("DELETE", "/cache/objects")]["responses"]}
+
+
+def test_config_is_503_without_configs_and_renders_non_finite_numbers(make_live: Any, lmcache_serve_app: Any) -> None:
+    from litestar import Litestar
+
+    import lmcache_plugin_api056.plugin as api056
+
+    url = lmcache_serve_app(Litestar(route_handlers=[api056.config_router]))  # no server on the app's state
+    resp = httpx.get(f"{url}/config", timeout=30)
+    assert (resp.status_code, resp.json()) == (503, {"error": "configs not initialized"})
+    live = make_live(start=False)
+    live.server.storage_config.eviction_ratio = float("nan")  # what a plugin's config could hold
+    doc = live.request("GET", "/config").json()
+    assert doc["storage_manager"]["eviction_ratio"] == "NaN"
+    live.server.configs.clear()
+    resp = live.request("GET", "/config")
+    assert (resp.status_code, resp.json()) == (503, {"error": "configs not initialized"})
