@@ -153,12 +153,14 @@ class CacheServer:
             self.threads.create(WORKER_REAPER_THREAD, max(min(reap_timeout / 4, 30.0), 0.05),
                                 lambda: {"reaped": self.datapath.reap(reap_timeout, grace)} if self.datapath else None,
                                 level=ThreadLevel.MEDIUM)
-        self.zmq = ZmqServer(f"tcp://{mp.host}:{mp.port}", self.datapath.handler_specs(),
+        limits = self.datapath.limits
+        url = limits.zmq_endpoint or f"tcp://{mp.host}:{mp.port}"
+        self.zmq = ZmqServer(url, self.datapath.handler_specs(), ipc_mode=limits.ipc_mode(),
                              gpu_workers=mp.max_gpu_workers or mp.max_workers,
                              cpu_workers=mp.max_cpu_workers or mp.max_workers,
-                             max_message_bytes=self.datapath.limits.zmq_max_message_bytes)
+                             max_message_bytes=limits.zmq_max_message_bytes)
         self.zmq.start()
-        logger.info("ZMQ data path on tcp://%s:%d", mp.host, mp.port)
+        logger.info("ZMQ data path on %s", url)
 
     def _stop_engine(self) -> None:
         # Tolerates a partly built engine (a start that failed half way).

@@ -6,7 +6,7 @@ socket. The test encodes the requests with our wire codec and passes them as
 hex; this script creates/truncates its own /dev/shm files, sends, and prints
 the replies (hex) as one JSON document.
 
-stdin: ``{"host": ..., "port": ..., "steps": [...]}``, each step one of
+stdin: ``{"host": ..., "port": ..., "steps": [...]}`` (or ``"unix": path`` for an ipc:// endpoint), each step one of
 ``{"create": name, "size": n}``, ``{"truncate": name, "size": n}``,
 ``{"send": [hex frames]}``, ``{"recv": timeout_s}``, ``{"raw": hex}`` (bytes as they are),
 ``{"closed": timeout_s}`` (true once the server dropped the connection).
@@ -71,7 +71,16 @@ def _recv_message(sock: socket.socket) -> list[bytes]:
 
 def main() -> None:
     spec = json.load(sys.stdin)
-    sock = socket.create_connection((spec["host"], spec["port"]), timeout=30)
+    try:
+        if "unix" in spec:  # an ipc:// endpoint
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(30)
+            sock.connect(spec["unix"])
+        else:
+            sock = socket.create_connection((spec["host"], spec["port"]), timeout=30)
+    except OSError as exc:
+        json.dump({"uid": os.getuid(), "connect_error": type(exc).__name__}, sys.stdout)
+        return
     sock.sendall(_greeting())
     _read_exact(sock, 64)
     sock.sendall(_command(b"READY", {b"Socket-Type": b"DEALER"}))

@@ -58,9 +58,11 @@ def raw_dealer(url: str, **options: int) -> zmq.Socket:
 ATTACKER = Path(__file__).with_name("security_attacker.py")
 
 
-def run_as_nobody(port: int, steps: list[dict[str, Any]], timeout_s: float = 60.0) -> dict[str, Any]:
-    """Run tests/security_attacker.py as the unprivileged user ``nobody`` against 127.0.0.1:``port``."""
-    doc = json.dumps({"host": "127.0.0.1", "port": port, "steps": steps})
+def run_as_nobody(port: int | str, steps: list[dict[str, Any]], timeout_s: float = 60.0) -> dict[str, Any]:
+    """Run tests/security_attacker.py as the unprivileged user ``nobody`` against 127.0.0.1:``port``
+    (or the Unix socket at ``port`` when it is a path)."""
+    target = {"unix": port} if isinstance(port, str) else {"host": "127.0.0.1", "port": port}
+    doc = json.dumps({**target, "steps": steps})
     out = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(ATTACKER)], input=doc,
                          capture_output=True, text=True, timeout=timeout_s, check=True)
     return json.loads(out.stdout)

@@ -103,3 +103,28 @@ def test_operator_allowed_uids_are_mapped(lmcache_server_factory, nobody_files):
     out = run_as_nobody(port, [{"create": own, "size": NBYTES}, {"send": _register(1, 601, own)}, {"recv": 20}])
     assert _reply(Op.REGISTER_KV_CACHE, out["results"][2]) is None
     assert server.status()["registered_gpu_ids"] == [601]
+
+
+def test_an_ipc_endpoint_admits_only_processes_that_may_open_its_file(lmcache_server_factory):
+    import shutil
+    import tempfile
+
+    from lmcache_core.client import LMCacheClient
+
+    base = tempfile.mkdtemp(prefix="lmcache-ipc-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)  # everyone may reach the socket: its own mode decides
+        path = os.path.join(base, "mp.sock")
+        server = lmcache_server_factory(configs={"security": SecurityConfig(zmq_endpoint=f"ipc://{path}",
+                                                                            zmq_ipc_permissions="0600")})
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        with LMCacheClient(f"ipc://{path}", timeout_s=20) as owner:
+            assert owner.noop() == "OK"
+        steps = [{"send": hexed(wire.encode_request(1, Op.NOOP))}, {"recv": 10}]
+        assert run_as_nobody(path, steps) == {"uid": NOBODY, "connect_error": "PermissionError"}
+        os.chmod(path, 0o666)  # the control: with the mode opened up, the same attacker gets in
+        out = run_as_nobody(path, steps)
+        assert _reply(Op.NOOP, out["results"][1]) == "OK"
+        assert server.zmq.url == f"ipc://{path}"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -45,6 +45,13 @@ class SecurityConfig(msgspec.Struct, kw_only=True):
         "a LOOKUP with more tokens is hashed off the ZMQ loop thread (its result is polled)", ge=1)] = 1 << 16
     max_pending_lookups_per_connection: Annotated[int, _meta(
         "lookup results one connection may leave unqueried; further LOOKUPs answer 0 hits", ge=1)] = 4096
+    zmq_endpoint: Annotated[str, _meta(
+        "bind the data path here instead of tcp://--host:--port, e.g. ipc:///run/lmcache/mp.sock (a Unix socket: "
+        "only processes that may open the file can connect; LMCache's client takes it in lmcache.mp.server_urls)",
+        pattern=r"^(|ipc://.+|tcp://.+)$")] = ""
+    zmq_ipc_permissions: Annotated[str, _meta(
+        "file mode of an ipc:// socket, octal (0660: owner and group may connect)",
+        pattern=r"^0?[0-7]{3}$")] = "0660"
     data_path_clear: Annotated[Literal["auto", "allow", "deny"], _meta(
         "ZMQ CLEAR: auto = honoured unless --http-admin-token is set; allow/deny = always/never")] = "auto"
 
@@ -52,6 +59,10 @@ class SecurityConfig(msgspec.Struct, kw_only=True):
         """The :class:`ShmPolicy` these settings describe."""
         return ShmPolicy(tuple(self.shm_name_prefixes), frozenset(self.shm_allowed_uids),
                          frozenset(self.shm_allowed_gids))
+
+    def ipc_mode(self) -> int | None:
+        """The mode to give an ``ipc://`` socket file, or None for a tcp endpoint."""
+        return int(self.zmq_ipc_permissions, 8) if self.zmq_endpoint.startswith("ipc://") else None
 
     def clear_allowed(self, admin_token: str | None) -> bool:
         """Whether a data-path CLEAR is honoured, given the HTTP admin token setting."""

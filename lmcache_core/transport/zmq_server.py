@@ -31,6 +31,7 @@ import collections
 import enum
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -195,8 +196,12 @@ class ZmqServer:
         context: zmq.Context | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         peer_backlog_limit: int = PEER_BACKLOG_LIMIT,
+        ipc_mode: int | None = None,
     ) -> None:
+        """``ipc_mode``: for an ``ipc://`` url, the socket file's mode (it is created with umask 077 and then
+        given this mode, so there is no moment at which others may connect)."""
         self.url = url
+        self._ipc_mode = ipc_mode
         self.handlers = dict(handlers)
         self._ctx = context or zmq.Context.instance()
         self._affinity = AffinityPool(max(1, gpu_workers))
@@ -265,10 +270,10 @@ class ZmqServer:
         send.connect(self._wake_url)
         self._wake_send = send
         try:
-            sock.bind(self.url)
+            self._bind(sock)
             endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             self.bound_port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp://") else None
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, OSError) as exc:
             self._error = OSError(f"cannot bind ZMQ socket to {self.url}: {exc}")
             self._ready.set()
             sock.close()
@@ -305,6 +310,19 @@ class ZmqServer:
                 send.close()
             wake_recv.close()
             sock.close()
+
+    def _bind(self, sock: zmq.Socket) -> None:
+        if not self.url.startswith("ipc://"):
+            sock.bind(self.url)
+            return
+        path = self.url[len("ipc://"):]
+        old = os.umask(0o077)  # the socket file is born owner-only
+        try:
+            sock.bind(self.url)
+        finally:
+            os.umask(old)
+        if self._ipc_mode is not None:
+            os.chmod(path, self._ipc_mode)
 
     def _wake(self) -> None:
         with self._wake_lock:
