@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import MediaType, Request, Response
+from litestar.exceptions import ClientException
+from litestar.exceptions.responses import create_exception_response
 
 ENGINE_NOT_INITIALIZED = "engine not initialized"
 """The message of every 503 answered while the engine is not ready."""
@@ -63,15 +65,19 @@ def status_reason(status_word: str) -> Envelope:
 class HTTPError(Exception):
     """An answer other than success: ``status`` and ``message``, rendered in the route group's envelope.
 
-    ``headers`` are added to the answer. Raise it from a handler, a dependency or a guard,
-    or from a function a handler calls (on the event loop or in a worker thread).
+    ``headers`` are added to the answer. ``body``, for the rare answer that is not a message
+    (a validation error list, an adapter's own refusal payload), is sent as JSON instead of the
+    envelope. Raise it from a handler, a dependency or a guard, or from a function a handler
+    calls (on the event loop or in a worker thread).
     """
 
-    def __init__(self, status: int, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, *, headers: Mapping[str, str] | None = None,
+                 body: Any = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.body = body
 
     def __repr__(self) -> str:
         return f"HTTPError({self.status}, {self.message!r})"
@@ -99,6 +105,8 @@ def render(exc: HTTPError, opt: Mapping[str, Any]) -> Response[Any]:
     """The answer ``exc`` gets on a route whose ``opt`` is ``opt``."""
     if isinstance(exc, EngineUnavailable) and UNAVAILABLE_OPT in opt and exc.message == ENGINE_NOT_INITIALIZED:
         return Response(opt[UNAVAILABLE_OPT], status_code=exc.status, headers=exc.headers or None)
+    if exc.body is not None:
+        return Response(exc.body, status_code=exc.status, headers=exc.headers or None)
     envelope = envelope_of_handler(opt)
     return Response(envelope.render(safe_text(exc.message)), status_code=exc.status,
                     media_type=envelope.media_type, headers=exc.headers or None)
@@ -110,8 +118,30 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPError) -> Respo
     return render(exc, handler.opt if handler is not None else {})
 
 
+def client_error_message(exc: ClientException) -> str:
+    """One line for Litestar's own 400: its detail and, per invalid item, where it is and what is wrong."""
+    items = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else []
+    parts = []
+    for item in items:
+        if isinstance(item, Mapping):
+            where = " ".join(str(item[k]) for k in ("source", "key") if item.get(k))
+            parts.append(f"{where}: {item.get('message', '')}" if where else str(item.get("message", item)))
+        else:
+            parts.append(str(item))
+    return "; ".join([str(exc.detail), *parts]) if parts else str(exc.detail)
+
+
+def client_error_handler(request: Request[Any, Any, Any], exc: ClientException) -> Response[Any]:
+    """Litestar's own 400 (a parameter or ``data`` body that does not validate, a malformed body) in the
+    envelope of the route that was called; other client errors (404, 405, ...) keep Litestar's answer."""
+    if exc.status_code != 400:
+        return create_exception_response(request, exc)
+    handler = request.scope.get("route_handler")
+    return render(HTTPError(400, client_error_message(exc), headers=exc.headers), handler.opt if handler else {})
+
+
 __all__ = [
     "DETAIL", "ENGINE_NOT_INITIALIZED", "ENVELOPE_OPT", "ERROR", "TEXT", "UNAVAILABLE_OPT", "EngineUnavailable",
     "Envelope", "HTTPError", "envelope_of_handler", "error_envelope", "http_error_handler", "render", "safe_text",
-    "status_reason",
+    "status_reason", "client_error_handler", "client_error_message",
 ]

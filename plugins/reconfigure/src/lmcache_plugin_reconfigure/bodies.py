@@ -21,16 +21,15 @@ from typing import Any, Literal
 
 import msgspec
 
-from lmcache_core.units import SIZE_ERROR, parse_size
+from lmcache_core.api import SIZE_ERROR, HTTPError, parse_size
 
 
-class Refusal(Exception):
-    """A request answered with ``status`` and JSON ``body`` instead of reaching an adapter."""
+class Refusal(HTTPError):
+    """A request answered with ``status`` and JSON ``body`` instead of reaching an adapter (an
+    :class:`~lmcache_core.api.HTTPError`: raised anywhere in a handler, it is the answer)."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(status, body)
-        self.status = status
-        self.body = body
+        super().__init__(status, str(body.get("error", "")) if isinstance(body, dict) else "", body=body)
 
 
 def error(status: int, message: str) -> Refusal:

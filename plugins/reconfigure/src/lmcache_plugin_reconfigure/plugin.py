@@ -49,17 +49,21 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-import anyio
 import msgspec
-from litestar import Request, Response, Router, get, post
-from litestar.params import FromPath, PathParameter
+from litestar import Router, get, post
+from litestar.params import FromPath, PathParameter, RawBody
 
-from lmcache_core import hookimpl
-from lmcache_core.http import openapi
-from lmcache_core.http.deps import Engine, unavailable_body
-from lmcache_core.http.guard import require_admin
-from lmcache_core.server import CacheServer
-from lmcache_core.storage.l2.base import L2Adapter, Reconfigurable, ReconfigureError
+from lmcache_core.api import (
+    CacheServer,
+    Engine,
+    L2Adapter,
+    Reconfigurable,
+    ReconfigureError,
+    RegisterRoutes,
+    hookimpl,
+    openapi,
+    require_admin,
+)
 
 from .bodies import GenericBody, Refusal, decode_object, error, normalise, operation_params
 
@@ -188,16 +192,12 @@ def _apply(server: CacheServer, backend: str, operation: str, local_index: int,
     return {**result, "adapter_index": local_index, "l2_adapter_index": adapter.index}
 
 
-async def _operation(engine: CacheServer, backend: str, operation: str,
-                     request: Request[Any, Any, Any]) -> Response[Any]:
-    try:
-        name = normalise(backend, "backend")
-        op = normalise(operation, "operation")
-        index, params = operation_params(name, op, decode_object(await request.body()))
-        result = await anyio.to_thread.run_sync(_apply, engine, name, op, index, params)
-    except Refusal as refusal:
-        return Response(refusal.body, status_code=refusal.status)
-    return Response(result, status_code=200)
+def _operation(engine: CacheServer, backend: str, operation: str, body: bytes) -> dict[str, Any]:
+    """Check the path and the body, then run the operation; a :class:`Refusal` (an HTTPError) is the answer."""
+    name = normalise(backend, "backend")
+    op = normalise(operation, "operation")
+    index, params = operation_params(name, op, decode_object(body))
+    return _apply(engine, name, op, index, params)
 
 
 @get("/reconfigure/backends", sync_to_thread=False, summary="Backends with a runtime-reconfigurable L2 adapter",
@@ -211,18 +211,14 @@ def reconfigure_backends(engine: Engine) -> dict[str, Any]:
 @get("/reconfigure/{backend:str}/status", sync_to_thread=True,
      summary="Reconfigurable adapters of one backend, with backend-local indexes",
      responses={200: openapi.json(BackendStatus, "the backend's reconfigurable adapters"), 400: BLANK})
-def reconfigure_status(engine: Engine, backend: FromPath[BackendPath]) -> Response[Any]:
+def reconfigure_status(engine: Engine, backend: FromPath[BackendPath]) -> dict[str, Any]:
     """Runs on a worker thread: an adapter's status may probe devices."""
-    try:
-        name = normalise(backend, "backend")
-    except Refusal as refusal:
-        return Response(refusal.body, status_code=refusal.status)
-    return Response(_backend_status(engine, name), status_code=200)
+    return _backend_status(engine, normalise(backend, "backend"))
 
 
 # Positive data: which body an operation takes depends on the path (dax's bodies are strict, other backends'
 # free), which one JSON schema cannot say; the conformance test does not expect every body to be accepted.
-@post("/reconfigure/{backend:str}/{operation:str}", status_code=200, guards=[require_admin],
+@post("/reconfigure/{backend:str}/{operation:str}", status_code=200, sync_to_thread=True, guards=[require_admin],
       summary="Apply one reconfiguration operation (Device-DAX: add, remove, resize)",
       operation_class=openapi.operation(body=OPERATION_BODY), responses={
           200: openapi.json(dict[str, Any], "the adapter's result, with `adapter_index` and `l2_adapter_index`"),
@@ -233,24 +229,26 @@ def reconfigure_status(engine: Engine, backend: FromPath[BackendPath]) -> Respon
           422: openapi.error("the body is not a JSON object, or fails the dax schema", openapi.ValidationErrorBody),
           500: openapi.error("the adapter failed"),
           501: openapi.error("the adapter does not implement the operation")})
-async def reconfigure_operation(engine: Engine, backend: FromPath[BackendPath], operation: FromPath[OperationPath],
-                                request: Request[Any, Any, Any]) -> Response[Any]:
-    """Validates on the event loop (cheap), runs the adapter's operation on a worker thread."""
-    return await _operation(engine, backend, operation, request)
+def reconfigure_operation(engine: Engine, backend: FromPath[BackendPath], operation: FromPath[OperationPath],
+                          body: RawBody) -> dict[str, Any]:
+    """Validates the request, then runs the adapter's operation (on a worker thread: it may touch devices)."""
+    return _operation(engine, backend, operation, body)
 
 
-@post("/reconfigure/{backend:str}/status", status_code=200, guards=[require_admin], include_in_schema=False)
-async def reconfigure_status_operation(engine: Engine, backend: FromPath[BackendPath],
-                                       request: Request[Any, Any, Any]) -> Response[Any]:
+@post("/reconfigure/{backend:str}/status", status_code=200, sync_to_thread=True, guards=[require_admin],
+      include_in_schema=False)
+def reconfigure_status_operation(engine: Engine, backend: FromPath[BackendPath], body: RawBody) -> dict[str, Any]:
     """The operation named ``status``: the GET route's static segment would otherwise answer 405."""
-    return await _operation(engine, backend, "status", request)
+    return _operation(engine, backend, "status", body)
 
 
 router = Router(path="/", route_handlers=[reconfigure_backends, reconfigure_status, reconfigure_operation,
                                           reconfigure_status_operation],
-                tags=["reconfigure"], opt=unavailable_body({"error": "engine not initialized"}))
+                tags=["reconfigure"])
+"""Errors in the default ``{"error": ...}`` envelope (the engine's 503 included); a :class:`Refusal` carries its
+own body (FastAPI's 422 list, an adapter's payload)."""
 
 
 @hookimpl
-def lmcache_register_routes(register: Any) -> None:
+def lmcache_register_routes(register: RegisterRoutes) -> None:
     register(router)
