@@ -16,8 +16,17 @@ test suite gets these fixtures without importing anything:
 ``lmcache_serve_app``
     ``serve(app) -> base_url``: the same for an ASGI app the test built itself.
 
+``lmcache_options``
+    ``options(argv=[...], plugins=[...], environ={...}) -> Namespace``: a command line parsed as
+    ``lmcache-server`` parses it with the built-ins and ``plugins`` (their flags included); pass
+    it as ``options=`` to the factory, which also takes ``argv=`` / ``environ=`` itself.
+``lmcache_openapi_check``
+    :func:`~lmcache_core.http_contract.check_openapi`: schemathesis over the served document's
+    operations (a plugin passes ``paths=`` to check its own routes).
+
 Outside pytest, :func:`make_server`, :func:`serving` and :func:`serving_app` do the same;
-:func:`parse_options` parses a command line with a plugin's options. The module imports
+:func:`parse_options` parses a command line with a plugin's options; :func:`route_table` says
+which routes ``require_admin`` guards, read off the app (never a hard-coded list). The module imports
 pytest only when pytest is installed (the fixtures need it), so ``lmcache-server bench``,
 which uses the helpers, runs on a plain install.
 """
@@ -28,15 +37,19 @@ import argparse
 import contextlib
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import msgspec
 
+from lmcache_core.http_contract import check_openapi, is_admin_guarded, route_table
+from lmcache_core.client import LMCacheClient, make_key  # noqa: F401  (for plugin tests: a real data-path client)
 from lmcache_core.plugins import PluginHost
 from lmcache_core.server import CacheServer
+from lmcache_core.transfer.client_kv import WorkerKVCache  # noqa: F401  (a worker's KV cache, for plugin tests)
 
 try:
     import pytest
@@ -229,6 +242,22 @@ def server_process(cmd: list[str], health_url: str, *, env: dict[str, str] | Non
         stop_process_group(proc)
 
 
+def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.02,
+             what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy and return that; fail after ``timeout_s``.
+
+    For tests: the bounded-deadline wait that stands in for a sleep.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s} s")
+        time.sleep(interval_s)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
@@ -243,7 +272,11 @@ if pytest is not None:
         """Factory for :class:`CacheServer` instances; each is stopped at teardown."""
         made: list[CacheServer] = []
 
-        def make(plugins: Iterable[PluginSpec] = (), **kwargs: Any) -> CacheServer:
+        def make(plugins: Iterable[PluginSpec] = (), *, argv: list[str] | None = None,
+                 environ: dict[str, str] | None = None, **kwargs: Any) -> CacheServer:
+            plugins = list(plugins)
+            if argv is not None or environ is not None:
+                kwargs["options"] = parse_options(plugins, list(argv or []), environ)
             server = make_server(plugins, **kwargs)
             made.append(server)
             return server
@@ -251,6 +284,22 @@ if pytest is not None:
         yield make
         for server in made:
             server.stop()
+
+
+    @pytest.fixture
+    def lmcache_options() -> Any:
+        """``options(argv=(), plugins=(), environ=None)``: :func:`parse_options` with keywords, no internals."""
+        def options(argv: Iterable[str] = (), plugins: Iterable[PluginSpec] = (),
+                    environ: dict[str, str] | None = None) -> argparse.Namespace:
+            return parse_options(plugins, list(argv), environ)
+
+        return options
+
+
+    @pytest.fixture
+    def lmcache_openapi_check() -> Any:
+        """:func:`~lmcache_core.http_contract.check_openapi` (``check(base_url, paths=..., excluded=...)``)."""
+        return check_openapi
 
 
     @pytest.fixture

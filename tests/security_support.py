@@ -7,14 +7,14 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from lmcache_core.client import LMCacheClient
+from lmcache_core.testing import wait_for  # noqa: F401  (re-exported for the security tests)
 
 
 def rss_bytes(pid: int | None = None, field: str = "VmRSS") -> int:
@@ -25,18 +25,6 @@ def rss_bytes(pid: int | None = None, field: str = "VmRSS") -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no {field} line")
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(interval_s)
 
 
 def healthy_client(url: str, timeout_s: float = 5.0) -> bool:
