@@ -136,3 +136,46 @@ def test_data_path_clear_can_be_allowed_explicitly(lmcache_server_factory):
     server, url = _stored_chunk_server(lmcache_server_factory, data_path_clear="allow")
     with LMCacheClient(url, timeout_s=20) as client:
         assert client.clear(force=True) is None
+
+
+def test_client_strings_cannot_forge_log_lines(lmcache_server_factory, caplog):
+    import logging
+
+    from lmcache_core.transfer.client_kv import WorkerKVCache
+
+    server = lmcache_server_factory()
+    caplog.set_level(logging.DEBUG, logger="lmcache_core")
+    kv = WorkerKVCache(1, (2, 8, 16, 2, 8))
+    try:
+        with LMCacheClient(_url(server), timeout_s=20) as client:
+            client.register_kv_cache(11, kv.descriptors(), "m\n2026-01-01 INFO forged: all good", 1,
+                                     {"kv_layout": "NHD"})
+            client.call(Op.LOOKUP, _key_with_model("x\ny"), 1)
+    finally:
+        kv.close()
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("lmcache_core.transport")]
+    assert any("forged" in msg for msg in messages)
+    assert not any("\n" in msg for msg in messages)
+
+
+def _key_with_model(model):
+    from lmcache_core.client import make_key
+
+    return make_key(list(range(256)), "r" * 600, model_name=model)  # an oversize request id: refused, logged
+
+
+def test_failure_logging_is_rate_limited_not_silenced(caplog):
+    import logging
+
+    from lmcache_core.transport.zmq_server import RateLimitedLogger
+
+    now = [0.0]
+    log = RateLimitedLogger(burst=5, period=10.0, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="lmcache_core.transport.zmq_server")
+    for i in range(2000):  # more distinct reasons than the old once-per-reason logger ever logged
+        log(f"reason {i}")
+    assert len(caplog.records) == 5 and log.suppressed == 1995
+    now[0] = 10.5
+    log("reason after the window")
+    texts = [r.getMessage() for r in caplog.records]
+    assert texts[-2] == "1995 more data-path failures were not logged" and texts[-1] == "reason after the window"

@@ -354,7 +354,7 @@ class DataPath:
             worker.kv.validate_block_ids(args.block_ids, stop - first)
             keys = self._object_keys(key, first, stop)
         except (RequestRejected, InvalidKeyError, TransferError, ValueError) as exc:
-            logger.debug("%s rejected: %s", op, exc)
+            logger.debug("%s rejected: %s", op, safe_text(exc))
             return None
         return worker.kv, keys
 
@@ -477,7 +477,7 @@ class DataPath:
             keys = self._object_keys(key, first, stop)
         except (RequestRejected, InvalidKeyError, UnsafePickleError, pickle.UnpicklingError, ValueError,
                 EOFError) as exc:
-            logger.debug("commit_store rejected: %s", exc)
+            logger.debug("commit_store rejected: %s", safe_text(exc))
             return False
         if len(tensors) != len(keys):
             return False
@@ -509,7 +509,7 @@ class DataPath:
         try:
             keys = self._object_keys(key, *self._chunk_range(key))
         except (RequestRejected, InvalidKeyError, ValueError) as exc:
-            logger.debug("prepare_retrieve rejected: %s", exc)
+            logger.debug("prepare_retrieve rejected: %s", safe_text(exc))
             return miss
         if not self.lookups.holds(key.request_id, keys):
             return miss
@@ -534,7 +534,7 @@ class DataPath:
             self._check_request_size(key)
             self._note_lookup(identity, key.request_id)
         except RequestRejected as exc:
-            logger.debug("lookup refused: %s", exc)
+            logger.debug("lookup refused: %s", safe_text(exc))
             if self.metrics:
                 dp_metrics.record_early_exit("rejected")
             return None
@@ -602,7 +602,7 @@ class DataPath:
             if self.metrics:
                 dp_metrics.record_early_exit("no_gpu_context" if not registered else "empty_chunk_hashes")
         except (RequestRejected, InvalidKeyError, ValueError) as exc:
-            logger.debug("lookup rejected: %s", exc)
+            logger.debug("lookup rejected: %s", safe_text(exc))
             if self.metrics:
                 dp_metrics.record_early_exit("rejected")
         self.lookups.lookup(key.request_id, [], 1, owner=identity)  # records 0 hits for the query
