@@ -7,7 +7,9 @@ the in-tree plugins keep to it. ``docs/plugins.md`` documents each group:
 Hooks
     :data:`hookimpl`; the ``register`` callables' types (:class:`RegisterConfig`,
     :class:`RegisterRoutes`, :class:`RegisterL2Adapter`, :class:`RegisterEvictionPolicy`);
-    :class:`CacheServer`, what lifecycle and status hooks receive.
+    :class:`CacheServer`, what lifecycle and status hooks receive; its ``view``
+    (:class:`EngineView`: L1 and L2 figures, adapters by type, registered layouts, read-only)
+    and ``plugin_state(name)`` (a plugin's mutable state on that server).
 Configuration
     A plugin declares a msgspec Struct with ``lmcache_register_config`` and reads it back
     as ``server.configs[name]``. :mod:`argtypes` holds the value types every option uses;
@@ -43,6 +45,7 @@ from __future__ import annotations
 from lmcache_core import __version__, argtypes, hookimpl
 from lmcache_core.buildinfo import commit_id, full_version, package_version
 from lmcache_core.config import ConfigSpec, is_secret_name, masked
+from lmcache_core.engine_view import EngineView, L1Figures, L2Figures, RegisteredLayout
 from lmcache_core.hookspecs import RegisterConfig, RegisterEvictionPolicy, RegisterL2Adapter, RegisterRoutes
 from lmcache_core.http import metrics as http_metrics
 from lmcache_core.http import openapi
@@ -114,6 +117,8 @@ from lmcache_core.units import SIZE_ERROR, format_size, parse_size
 __all__ = [
     # hooks
     "CacheServer", "RegisterConfig", "RegisterEvictionPolicy", "RegisterL2Adapter", "RegisterRoutes", "hookimpl",
+    # the engine, read-only (server.view), and per-server plugin state (server.plugin_state(name))
+    "EngineView", "L1Figures", "L2Figures", "RegisteredLayout",
     "__version__",
     # configuration
     "ConfigSpec", "argtypes", "is_secret_name", "masked",

@@ -53,16 +53,28 @@ def _configure_logging(level: str) -> None:
 
 
 def cmd_plugins(argv: Sequence[str]) -> int:
-    """``lmcache-server plugins [--json]``: the table ``GET /plugins`` returns."""
+    """``lmcache-server plugins [--json] [server options]``: the table ``GET /plugins`` returns.
+
+    It checks what the server checks before it starts the engine, with the same options and the
+    same exit codes: plugins that fail to load (fatal with ``--strict-plugins``), duplicate L2
+    types or eviction policies (3), options, config sections and ``--l2-adapter`` entries (2). An
+    adapter's constructor and ``start()`` run only when the server starts (they touch storage).
+    """
     _configure_logging("WARNING")
     as_json = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
     try:
-        host = make_host([a for a in argv if a != "--json"])
-    except PluginError as exc:
+        environ = environ_with_file(argv, os.environ)
+        host = make_host(argv, environ)
+        doc = host.describe()
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n" if as_json else format_plugin_table(doc))
+        sys.stdout.flush()
+        args = build_parser(host, environ).parse_args(argv)
+        refuse_unguarded_run_script(args)
+        CacheServer(host, build_configs(args, host.registrations.configs), options=args)  # validates, starts nothing
+    except (PluginError, ValueError) as exc:
         print(f"lmcache-server: {exc}", file=sys.stderr)
-        return 3
-    doc = host.describe()
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n" if as_json else format_plugin_table(doc))
+        return getattr(exc, "exit_code", 3) if isinstance(exc, PluginError) else 2
     return 0
 
 
@@ -135,9 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return serve(args, server)
-    except PluginError as exc:
+    except PluginError as exc:  # an L2 adapter that fails to build or start says 2 (its config) or 3
         print(f"lmcache-server: {exc}", file=sys.stderr)
-        return 3
+        return getattr(exc, "exit_code", 3)
 
 
 if __name__ == "__main__":

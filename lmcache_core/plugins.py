@@ -297,6 +297,11 @@ class PluginHost:
             self._fail(name, dist, version, error)
             return
         hooks = sorted(h.name for h in callers)
+        unmarked = _unmarked_hook_functions(obj, set(hooks))
+        if unmarked:
+            logger.warning("plugin %s (%s): %s look like hook implementations but lack @hookimpl "
+                           "(from lmcache_core.api import hookimpl); they are never called",
+                           name, dist or "no distribution", ", ".join(unmarked))
         self.plugins[name] = PluginInfo(name, dist, version, builtin, hooks)
 
     def _fail(self, name: str, dist: str | None, version: str | None, error: str) -> None:
@@ -468,6 +473,14 @@ class PluginHost:
             "failed": [f.to_dict() for f in self.failed],
             "not_selected": sorted(self.skipped),
         }
+
+
+def _unmarked_hook_functions(obj: object, hooks: set[str]) -> list[str]:
+    """The ``lmcache_*`` functions of a plugin that pluggy did not take as hooks (no ``@hookimpl``)."""
+    import inspect
+
+    return sorted(n for n in dir(obj) if n.startswith("lmcache_") and n not in hooks
+                  and inspect.isroutine(getattr(obj, n, None)))
 
 
 def _kwargs(impl: pluggy.HookImpl, **available: Any) -> dict[str, Any]:

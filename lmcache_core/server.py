@@ -18,6 +18,7 @@ import msgspec
 
 from lmcache_core import __version__
 from lmcache_core.config import HTTPConfig, MPConfig, StorageManagerConfig, build_configs
+from lmcache_core.engine_view import EngineView
 from lmcache_core.hashing import TokenHasher
 from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
 from lmcache_core.options import default_options
@@ -67,6 +68,7 @@ class CacheServer:
         self.storage: StorageManager | None = None
         self.datapath: DataPath | None = None
         self.zmq: ZmqServer | None = None
+        self._plugin_state: dict[str, dict[str, Any]] = {}
 
     # -- configuration ---------------------------------------------------
 
@@ -98,6 +100,23 @@ class CacheServer:
             raise ValueError(
                 f"--eviction-policy {policy!r} is not registered; known: {', '.join(self.eviction_policies.names())}"
             )
+
+    # -- for plugins -----------------------------------------------------
+
+    @property
+    def view(self) -> EngineView:
+        """The read-only view of the engine for route plugins (figures, adapters by type, layouts)."""
+        return EngineView(self)
+
+    def plugin_state(self, name: str) -> dict[str, Any]:
+        """The mutable state of plugin ``name`` on this server: one dict per name, made on first use.
+
+        Per server, not per process (tests run many servers), so a plugin keeps counters, caches
+        or handles here, never in module globals. Set it up in ``lmcache_startup``, release it in
+        ``lmcache_shutdown``; guard it with a lock of your own if handlers change it concurrently.
+        """
+        with self._lock:
+            return self._plugin_state.setdefault(name, {})
 
     # -- lifecycle -------------------------------------------------------
 

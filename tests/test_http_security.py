@@ -1,21 +1,23 @@
-"""Every route of every installed plugin, classified: admin-guarded or open, checked over real HTTP.
+"""Every route of every installed plugin, classified admin-guarded or open, checked over real HTTP.
 
-With ``--http-admin-token`` set, each guarded route answers 401 without the
-token (or with a wrong one) and is served with it; each open route never asks
-for it. A route that is in neither table fails the test, so a new route must
-be classified (and its guard decided) by whoever adds it.
+The classification is read off the routes (:func:`lmcache_core.testing.route_table`: a handler is
+guarded when ``require_admin`` sits on it or on a router above it), so an installed third-party
+plugin's routes are classified by their own guards and never fail this module: each guarded one
+is checked to answer 401 without the token; an open one is not called (this module does not know
+what it does). With ``--http-admin-token`` set, each guarded route of the project's own plugins
+answers 401 without the token (or with a wrong one) and is served with it; each open one never
+asks for it. Their expected classification is written out below, so an in-tree route that loses
+(or gains) its guard fails here, as does a new in-tree route no table names.
 """
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import pytest
 
-from lmcache_core.cli import build_parser
 from lmcache_core.http.app import create_app
-from lmcache_core.plugins import PluginHost
+from lmcache_core.http_contract import path_template
+from lmcache_core.testing import parse_options, route_table
 
 TOKEN = "correct-horse-battery-staple"
 
@@ -64,19 +66,15 @@ OPEN_REQUESTS = {
 }
 
 
-def _template(path: str) -> str:
-    return re.sub(r"\{(\w+):[^}]+\}", r"{\1}", path)
+IN_TREE_MODULES = ("lmcache_core.", "lmcache_plugin_")
+"""Modules of the plugins this repository ships: their routes are classified by name here, any other by its guard."""
 
 
-def installed_routes(server) -> set[tuple[str, str]]:
-    app = create_app(server)
-    routes = set()
-    for route in app.routes:
-        for handler in getattr(route, "route_handlers", []):
-            for method in handler.http_methods:
-                if method not in ("HEAD", "OPTIONS") and not route.path.startswith("/schema"):
-                    routes.add((method, _template(route.path)))
-    return routes
+def in_tree_routes(app) -> set[tuple[str, str]]:
+    """``(method, path template)`` of every route whose handler function is defined in this repository's code."""
+    return {(method, path_template(route.path)) for route in app.routes if not route.path.startswith("/schema")
+            for handler in getattr(route, "route_handlers", []) if handler.fn.__module__.startswith(IN_TREE_MODULES)
+            for method in handler.http_methods if method not in ("HEAD", "OPTIONS")}
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +82,8 @@ def guarded_server(tmp_path_factory):
     from lmcache_core.testing import make_server, serving
 
     fs = tmp_path_factory.mktemp("fs-l2")
-    options = build_parser(PluginHost(), environ={}).parse_args([
-        "--http-admin-token", TOKEN, "--l1-size-gb", "0.05", "--l2-adapter", f'{{"type":"fs","base_path":"{fs}"}}'])
+    options = parse_options((), ["--http-admin-token", TOKEN, "--l1-size-gb", "0.05",
+                                 "--l2-adapter", f'{{"type":"fs","base_path":"{fs}"}}'])
     server = make_server(entry_points=True, options=options)
     try:
         with serving(server) as url:
@@ -94,12 +92,24 @@ def guarded_server(tmp_path_factory):
         server.stop()
 
 
-def test_every_installed_route_is_classified(guarded_server):
-    server, _ = guarded_server
-    routes = installed_routes(server)
-    unclassified = routes - set(GUARDED) - OPEN
+@pytest.fixture(scope="module")
+def table(guarded_server) -> dict[tuple[str, str], bool]:
+    return route_table(create_app(guarded_server[0]))
+
+
+def test_the_in_tree_routes_carry_the_guards_written_here(table):
+    expected = {**{route: True for route in GUARDED}, **{route: False for route in OPEN}}
+    missing = sorted(set(expected) - set(table))
+    assert not missing, f"routes expected but not installed: {missing}"
+    wrong = sorted(route for route in expected if table[route] != expected[route])
+    assert not wrong, f"these routes' guard differs from the table here (guarded: True/False): " \
+                      f"{[(r, table[r]) for r in wrong]}"
+
+
+def test_every_in_tree_route_is_classified(guarded_server):
+    """A new route of the project's own plugins must be classified here (its guard decided) by whoever adds it."""
+    unclassified = in_tree_routes(create_app(guarded_server[0])) - set(GUARDED) - OPEN
     assert not unclassified, f"classify these routes as guarded or open: {sorted(unclassified)}"
-    assert routes >= set(GUARDED) | OPEN, f"routes expected but not installed: {sorted((set(GUARDED) | OPEN) - routes)}"
 
 
 def _request(client: httpx.Client, method: str, path: str, body, headers) -> httpx.Response:
@@ -108,19 +118,33 @@ def _request(client: httpx.Client, method: str, path: str, body, headers) -> htt
     return client.request(method, path, json=body, headers=headers)
 
 
+def _refused_without_the_token(client: httpx.Client, method: str, path: str, body, route) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        refused = _request(client, method, path, body, headers)
+        assert refused.status_code == 401, (route, headers, refused.status_code, refused.text[:200])
+        assert refused.json() == {"error": "admin token required"}
+
+
 @pytest.mark.parametrize("route", sorted(GUARDED) + GUARDED_MODES, ids=lambda r: f"{r[0]} {r[1]}")
 def test_a_guarded_route_needs_the_token(guarded_server, route):
     _, url = guarded_server
     method, template = route
     path, body = GUARDED.get(route, (template, None))
     with httpx.Client(base_url=url, timeout=30) as client:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-            refused = _request(client, method, path, body, headers)
-            assert refused.status_code == 401, (route, headers, refused.status_code, refused.text[:200])
-            assert refused.json() == {"error": "admin token required"}
+        _refused_without_the_token(client, method, path, body, route)
         served = _request(client, method, path, body, {"Authorization": f"Bearer {TOKEN}"})
         assert served.status_code != 401 and served.status_code < 500 or served.status_code in (501, 503), \
             (route, served.status_code, served.text[:200])
+
+
+def test_every_other_guarded_route_refuses_a_request_without_the_token(guarded_server, table):
+    """Routes of plugins from elsewhere that carry ``require_admin``: 401 before their handler runs."""
+    _, url = guarded_server
+    others = sorted(route for route, guarded in table.items() if guarded and route not in GUARDED)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for method, template in others:
+            path = template.replace("{", "").replace("}", "")  # a parameter's name as its value
+            _refused_without_the_token(client, method, path, None, (method, template))
 
 
 @pytest.mark.parametrize("route", sorted(OPEN), ids=lambda r: f"{r[0]} {r[1]}")
@@ -133,3 +157,32 @@ def test_an_open_route_never_asks_for_the_token(guarded_server, route):
         resp = client.request(method, path, json=body)
         assert resp.status_code != 401, (route, resp.text[:200])
         assert resp.status_code < 500 or resp.status_code in (501, 503), (route, resp.status_code, resp.text[:200])
+
+
+def test_third_party_routes_are_classified_by_their_own_guards():
+    """A route plugin from elsewhere (a guarded route, an open one) needs no entry in this module."""
+    from litestar import Router, get
+
+    from lmcache_core import api
+    from lmcache_core.testing import make_server
+
+    @get("/third-party/secret", guards=[api.require_admin], sync_to_thread=False)
+    def secret() -> dict[str, str]:
+        return {"secret": "yes"}
+
+    @get("/open", sync_to_thread=False)
+    def open_() -> dict[str, str]:
+        return {"open": "yes"}
+
+    class ThirdParty:
+        @staticmethod
+        @api.hookimpl
+        def lmcache_register_routes(register):
+            register(secret, Router("/third-party", route_handlers=[open_]))
+
+    server = make_server([("third_party", ThirdParty())], start=False)
+    table = route_table(create_app(server))
+    assert table[("GET", "/third-party/secret")] is True and table[("GET", "/third-party/open")] is False
+    assert not {route for route in in_tree_routes(create_app(server)) if route[1].startswith("/third-party")}
+    assert {route for route in table if route[1].startswith("/third-party")} == {
+        ("GET", "/third-party/secret"), ("GET", "/third-party/open")}

@@ -18,16 +18,17 @@ from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.config.app import AppConfig
+from litestar.exceptions import ClientException
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPlugin, ReceiveRoutePlugin
 from litestar.routes import BaseRoute, HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from lmcache_core.http.deps import DEPENDENCIES
-from lmcache_core.http.errors import HTTPError, http_error_handler
+from lmcache_core.http.errors import HTTPError, client_error_handler, http_error_handler
 from lmcache_core.http.guard import AdminTokenRequired, admin_token_required_handler
 from lmcache_core.http.metrics import http_metrics_middleware
-from lmcache_core.http.openapi import document_handler
+from lmcache_core.http.openapi import StrictStructSchemaPlugin, document_handler
 from lmcache_core.server import CacheServer
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class RoutesInitPlugin(InitPlugin, ReceiveRoutePlugin):
         app_config.route_handlers.extend(self.server.plugin_host.registrations.routes)
         app_config.dependencies.update(DEPENDENCIES)
         app_config.exception_handlers[HTTPError] = http_error_handler
+        app_config.exception_handlers[ClientException] = client_error_handler  # Litestar's 400: the group's envelope
         app_config.exception_handlers[AdminTokenRequired] = admin_token_required_handler
         if not self.server.configs["observability"].disable_metrics:  # type: ignore[attr-defined]
             app_config.middleware.append(http_metrics_middleware)
@@ -65,7 +67,7 @@ def _internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> 
 def create_app(server: CacheServer, *, debug: bool = False) -> Litestar:
     """Build the HTTP app for ``server``; OpenAPI is served at ``/schema``."""
     return Litestar(
-        plugins=[RoutesInitPlugin(server)],
+        plugins=[RoutesInitPlugin(server), StrictStructSchemaPlugin()],
         exception_handlers={HTTP_500_INTERNAL_SERVER_ERROR: _internal_error_handler},
         openapi_config=OpenAPIConfig(title="lmcache-server", version=server.version, path="/schema"),
         debug=debug,

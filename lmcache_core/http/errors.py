@@ -124,11 +124,11 @@ def client_error_message(exc: ClientException) -> str:
     parts = []
     for item in items:
         if isinstance(item, Mapping):
-            where = " ".join(str(item[k]) for k in ("source", "key") if item.get(k))
+            where = " ".join(str(getattr(item[k], "value", item[k])) for k in ("source", "key") if item.get(k))
             parts.append(f"{where}: {item.get('message', '')}" if where else str(item.get("message", item)))
         else:
             parts.append(str(item))
-    return "; ".join([str(exc.detail), *parts]) if parts else str(exc.detail)
+    return f"{exc.detail}: {'; '.join(parts)}" if parts else str(exc.detail)
 
 
 def client_error_handler(request: Request[Any, Any, Any], exc: ClientException) -> Response[Any]:

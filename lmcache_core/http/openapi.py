@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 from litestar import MediaType
 from litestar.handlers import HTTPRouteHandler
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     OpenAPIFormat,
@@ -51,6 +52,7 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
+from litestar.typing import FieldDefinition
 
 from lmcache_core.http.errors import (
     DETAIL,
@@ -205,6 +207,9 @@ def document_handler(handler: HTTPRouteHandler, path: str | None = None) -> None
     # resolve_guards() wraps each guard; the layers (app, routers, handler) hold them as written.
     if any(require_admin in (layer.guards or ()) for layer in handler.ownership_layers):
         shared[401] = ADMIN_TOKEN_REQUIRED
+    if _validates_input(handler, path):
+        shared[400] = failure(envelope_of_handler(handler.opt),
+                              "a parameter or the body does not validate (the group's envelope, one line)")
     if "engine" in handler.parsed_fn_signature.parameters:
         envelope = envelope_of_handler(handler.opt)
         body = handler.opt.get(UNAVAILABLE_OPT, envelope.render(ENGINE_NOT_INITIALIZED))
@@ -214,6 +219,28 @@ def document_handler(handler: HTTPRouteHandler, path: str | None = None) -> None
         handler.responses = {**shared, **(handler.responses or {})}
     if handler.operation_class is Operation:
         handler.operation_class = QueryOperation
+
+
+_NOT_VALIDATED = frozenset({"request", "state", "scope", "socket", "engine", "server", "body"})
+
+
+def _validates_input(handler: HTTPRouteHandler, path: str | None) -> bool:
+    """Whether Litestar validates anything of the request for ``handler`` (path parameters, a query
+    parameter, a header, a ``data`` body): where its 400 can be answered."""
+    return bool(path and "{" in path) or any(
+        name not in _NOT_VALIDATED for name in handler.parsed_fn_signature.parameters)
+
+
+class StrictStructSchemaPlugin(StructSchemaPlugin):
+    """Litestar's schema of a msgspec Struct, plus ``additionalProperties: false`` for a Struct declared
+    with ``forbid_unknown_fields=True`` (which refuses unknown keys); installed on every app."""
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        config = getattr(field_definition.type_, "__struct_config__", None)
+        if config is not None and config.forbid_unknown_fields:
+            schema.additional_properties = False
+        return schema
 
 
 # -- schemas -------------------------------------------------------------------------------
@@ -369,6 +396,7 @@ __all__ = [
     "ADMIN_TOKEN_REQUIRED", "BOTH_GENERATIONS", "CACHE_SALT_PATTERN", "CHUNK_HASH_HEX_PATTERN", "GENERATION_056",
     "GENERATION_OURS", "GENERATION_SEED", "JSON", "MODEL_NAME_PATTERN", "MULTIPART", "NOT_BLANK", "ONLY_056",
     "PY_WHITESPACE", "SEED_ONLY", "TEXT", "BodySpec", "DetailBody", "ErrorBody", "QueryOperation", "StatusReasonBody",
+    "StrictStructSchemaPlugin",
     "ValidationErrorBody", "ValidationErrorItem", "any_case", "detail", "document_handler", "engine_unavailable",
     "envelope_of", "error", "failure", "generation_tags", "json", "json_body", "multipart_body", "operation",
     "schema_of", "text",

@@ -14,7 +14,7 @@ from typing import Any
 
 from lmcache_core.config import StorageManagerConfig
 from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
-from lmcache_core.plugins import Registry
+from lmcache_core.plugins import PluginError, Registry
 from lmcache_core.storage import metrics
 from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.eviction_controller import EvictionController, PolicyFeeder
@@ -35,6 +35,22 @@ L2_WARM_JOBS_THREAD = "l2-warm-prefetch-job-sweeper"
 L2_WARM_JOBS_SWEEP_S = 5.0  # only frees memory: polls see expiry exactly (they sweep first)
 L2_STORE_INTERVAL_S = 0.02
 L1_EVICTION_INTERVAL_S = 0.05  # slices of a trigger's eviction; triggers at most once a second
+
+
+class L2AdapterFailed(PluginError):
+    """An ``--l2-adapter`` that could not be built or started, as one line naming the plugin, type and position.
+
+    ``exit_code`` is what ``lmcache-server`` exits with: 2 (a configuration error) when the adapter refused
+    its configuration with a ``ValueError`` (``msgspec.ValidationError`` included) or its ``eviction`` block
+    names an unknown policy, 3 (a plugin fault) for anything else the factory or ``start()`` raised.
+    """
+
+    def __init__(self, index: int, type_name: str, plugin: str, stage: str, exc: BaseException) -> None:
+        config_error = isinstance(exc, ValueError) or stage == "eviction"
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the message holds
+        super().__init__(f"--l2-adapter #{index} (type {type_name!r}, plugin {plugin!r}): {stage} failed: {reason}")
+        self.index, self.type_name, self.plugin, self.stage = index, type_name, plugin, stage
+        self.exit_code = 2 if config_error else 3
 
 
 def parse_l2_configs(entries: list[dict[str, Any]], types: Registry) -> list[tuple[str, Any]]:
@@ -92,10 +108,17 @@ class StorageManager:
         self.l2_eviction: list[EvictionController] = []
         try:
             for index, (type_name, l2_config) in enumerate(l2_configs):
-                adapter = l2_types.get(type_name).factory(l2_config, L2AdapterContext(index, type_name))  # type: ignore
-                self.l2_adapters.append(adapter)
-                self._wire_l2_eviction(adapter, policies)  # before start(): recovered keys feed the policy
-                adapter.start()
+                stage = "construction"
+                try:
+                    adapter = l2_types.get(type_name).factory(l2_config, L2AdapterContext(index, type_name))  # type: ignore
+                    self.l2_adapters.append(adapter)
+                    stage = "eviction"
+                    self._wire_l2_eviction(adapter, policies)  # before start(): recovered keys feed the policy
+                    stage = "start"
+                    adapter.start()
+                except Exception as exc:
+                    raise L2AdapterFailed(index, type_name, l2_types.plugin_of(type_name), stage,  # type: ignore
+                                          exc) from exc
                 self.quotas.register_usage_provider(f"l2:{index}", adapter.usage_by_salt)
         except BaseException:
             for adapter in self.l2_adapters:
