@@ -30,7 +30,10 @@ L2 adapters
     :class:`AdapterUsage`), :class:`ListingNotSupported`, :class:`Reconfigurable` and
     :class:`ReconfigureError`, :class:`L2Full` (a full backend: skip, not fail); keys
     (:class:`ObjectKey`, :class:`EncodedObjectKey`, the
-    validators and the object-name codecs); sizes (:func:`parse_size`, :func:`format_size`).
+    validators and the object-name codecs); sizes (:func:`parse_size`, :func:`format_size`);
+    :class:`L2Full` (a store skipped for want of room, not a failure). An adapter that wraps
+    other adapters builds their configs with :func:`parse_l2_configs` from the types a
+    :class:`PluginHost` collected.
 Status and metrics
     :func:`full_version`, :func:`package_version`, :func:`commit_id`; :func:`reset_metrics`;
     the metric modules (``http_metrics``, ``l1_metrics``, ``l2_metrics``, ``datapath_metrics``)
@@ -44,7 +47,7 @@ from __future__ import annotations
 
 from lmcache_core import __version__, argtypes, hookimpl
 from lmcache_core.buildinfo import commit_id, full_version, package_version
-from lmcache_core.config import ConfigSpec, is_secret_name, masked
+from lmcache_core.config import ConfigSpec, is_secret_name, mask_url_credentials, masked
 from lmcache_core.engine_view import EngineView, L1Figures, L2Figures, RegisteredLayout
 from lmcache_core.hookspecs import RegisterConfig, RegisterEvictionPolicy, RegisterL2Adapter, RegisterRoutes
 from lmcache_core.http import metrics as http_metrics
@@ -84,6 +87,7 @@ from lmcache_core.keys import (
     validate_model_name,
 )
 from lmcache_core.observability.metrics import reset_all as reset_metrics
+from lmcache_core.plugins import PluginHost
 from lmcache_core.server import CacheServer
 from lmcache_core.storage import metrics as l1_metrics
 from lmcache_core.storage.l1 import L1Result
@@ -95,6 +99,7 @@ from lmcache_core.storage.l2.base import (
     KeyEntry,
     KeyListPage,
     L2Adapter,
+    L2Full,
     L2AdapterConfig,
     L2AdapterContext,
     L2Full,
@@ -105,6 +110,7 @@ from lmcache_core.storage.l2.base import (
     as_bytes_view,
 )
 from lmcache_core.storage.l2.prefetch_controller import DEFAULT_WARM_JOB_MAX_COMPLETED, DEFAULT_WARM_JOB_TTL_S
+from lmcache_core.storage.manager import parse_l2_configs
 from lmcache_core.storage.quota import QuotaManager, bytes_to_gib, gib_to_bytes
 from lmcache_core.transfer.checksums import ChecksumError, checksum_response, parse_block_ids
 from lmcache_core.transfer.kvcache import KVCacheClosedError
@@ -121,7 +127,7 @@ __all__ = [
     "EngineView", "L1Figures", "L2Figures", "RegisteredLayout",
     "__version__",
     # configuration
-    "ConfigSpec", "argtypes", "is_secret_name", "masked",
+    "ConfigSpec", "argtypes", "is_secret_name", "mask_url_credentials", "masked",
     # HTTP
     "DETAIL", "ENGINE_NOT_INITIALIZED", "ERROR", "TEXT", "AdminTokenRequired", "Engine", "EngineUnavailable",
     "Envelope", "HTTPError", "Server", "error_envelope", "has_admin_token", "openapi", "require_admin", "safe_text",
@@ -130,7 +136,9 @@ __all__ = [
     "GIB", "AdapterUsage", "DeleteReport", "KeyEntry", "KeyListPage", "L2Adapter", "L2AdapterConfig",
     "L2AdapterContext", "L2Full", "L2Listener", "ListingNotSupported", "Reconfigurable", "ReconfigureError",
     "as_bytes_view",
-    "ZMQ_REQUESTS",
+    "ZMQ_REQUESTS", "L2Full",
+    # adapters that wrap adapters (fault injection): the installed adapter types and their configs
+    "PluginHost", "parse_l2_configs",
     "DEFAULT_WARM_JOB_MAX_COMPLETED", "DEFAULT_WARM_JOB_TTL_S",
     "FS_NAME_SUFFIX", "MAX_CACHE_SALT_CHARS", "MAX_CHUNK_HASH_BYTES", "EncodedObjectKey", "InvalidKeyError",
     "ObjectKey", "UnencodableKeyError", "fs_file_name", "kv_ranks_for_world", "object_name", "object_name_prefix",

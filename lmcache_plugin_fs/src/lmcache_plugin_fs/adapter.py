@@ -58,14 +58,16 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from lmcache_core.keys import (
+from lmcache_core.api import (
     FS_NAME_SUFFIX,
+    L2Adapter,
+    L2AdapterConfig,
+    L2AdapterContext,
     ObjectKey,
     UnencodableKeyError,
     fs_file_name,
     try_parse_fs_file_name,
 )
-from lmcache_core.storage.l2.base import L2Adapter, L2AdapterConfig, L2AdapterContext
 
 logger = logging.getLogger(__name__)
 

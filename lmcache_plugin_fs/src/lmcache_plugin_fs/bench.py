@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-from lmcache_core.keys import ObjectKey
-from lmcache_core.storage.l2.base import L2AdapterContext, as_bytes_view
+from lmcache_core.api import L2AdapterContext, ObjectKey, as_bytes_view
 from lmcache_plugin_fs.adapter import FSAdapterConfig, FSL2Adapter
 
 MIB = 1 << 20

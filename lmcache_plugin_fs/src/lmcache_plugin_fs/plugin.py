@@ -7,8 +7,7 @@ config keys, the on-disk format (LMCache's) and the write guarantees.
 
 from __future__ import annotations
 
-from lmcache_core import hookimpl
-from lmcache_core.hookspecs import RegisterL2Adapter
+from lmcache_core.api import RegisterL2Adapter, hookimpl
 from lmcache_plugin_fs.adapter import TYPE_NAME, FSAdapterConfig, make_adapter
 
 

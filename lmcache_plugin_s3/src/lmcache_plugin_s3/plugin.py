@@ -7,8 +7,7 @@ see that module for the config keys, the object format (LMCache's) and the break
 
 from __future__ import annotations
 
-from lmcache_core import hookimpl
-from lmcache_core.hookspecs import RegisterL2Adapter
+from lmcache_core.api import RegisterL2Adapter, hookimpl
 from lmcache_plugin_s3.adapter import TYPE_NAME, S3AdapterConfig, make_adapter
 
 

@@ -170,8 +170,8 @@ class Worker:
                  cache_salt: str = "") -> None:
         import torch
 
-        from lmcache_core.client import LMCacheClient
-        from lmcache_core.transfer.client_kv import WorkerKVCache
+        from lmcache_core.testing import LMCacheClient
+        from lmcache_core.testing import WorkerKVCache
 
         self._torch = torch
         self.model = model
@@ -197,7 +197,7 @@ class Worker:
         return out
 
     def store(self, seq: int, chunks: int) -> tuple[bool, list[Any]]:
-        from lmcache_core.client import make_key
+        from lmcache_core.testing import make_key
 
         stored = self.fill(seq, chunks)
         rid = self._request("store")
@@ -208,7 +208,7 @@ class Worker:
 
     def lookup(self, seq: int, chunks: int) -> int:
         """LOOKUP hits (chunks), prefetching from L2 what L1 lacks; the session is ended."""
-        from lmcache_core.client import make_key
+        from lmcache_core.testing import make_key
 
         rid = self._request("lookup")
         hits = self.client.lookup(make_key(tokens_for(seq, chunks), rid, model_name=self.model, cache_salt=self.salt))
@@ -217,7 +217,7 @@ class Worker:
 
     def lookup_retrieve(self, seq: int, chunks: int) -> tuple[int, bool, list[Any]]:
         """LOOKUP then RETRIEVE into zeroed blocks: (hits, ok, the retrieved bytes as int16)."""
-        from lmcache_core.client import make_key
+        from lmcache_core.testing import make_key
 
         for layer in self.kv.layers:
             layer.zero_()

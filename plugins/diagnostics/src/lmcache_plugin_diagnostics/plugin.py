@@ -135,10 +135,10 @@ from lmcache_core.api import (
     has_admin_token,
     hookimpl,
     is_secret_name,
+    mask_url_credentials,
     openapi,
     require_admin,
 )
-from lmcache_core.config import mask_url_credentials  # not exported by lmcache_core.api
 
 from .sandbox import ScriptError, run_script
 

@@ -60,8 +60,7 @@ from typing import Any
 
 import msgspec
 
-from lmcache_core.keys import ObjectKey
-from lmcache_core.storage.l2.base import L2Adapter, L2AdapterConfig, L2AdapterContext, Reconfigurable
+from lmcache_core.api import L2Adapter, L2AdapterConfig, L2AdapterContext, ObjectKey, Reconfigurable
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def _no_fault_table() -> Faults:
 @functools.lru_cache(maxsize=1)
 def _adapter_types() -> Any:
     """Every L2 adapter type the installed plugins register (built once per process)."""
-    from lmcache_core.plugins import PluginHost
+    from lmcache_core.api import PluginHost
 
     host = PluginHost()
     registrations = getattr(host, "registrations", None)
@@ -139,7 +138,7 @@ def _adapter_types() -> Any:
 
 def parse_inner(inner: Mapping[str, Any]) -> tuple[str, Any]:
     """The inner adapter's ``(type_name, config Struct)``; ValueError when it is not a valid adapter config."""
-    from lmcache_core.storage.manager import parse_l2_configs
+    from lmcache_core.api import parse_l2_configs
 
     if not isinstance(inner, Mapping) or not isinstance(inner.get("type"), str) or not inner["type"]:
         raise ValueError('inner must be an adapter config object with a "type"')

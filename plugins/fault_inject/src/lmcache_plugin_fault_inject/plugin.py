@@ -8,8 +8,7 @@ adapter; see that module (and the README) for the keys and the runtime switches.
 
 from __future__ import annotations
 
-from lmcache_core import hookimpl
-from lmcache_core.hookspecs import RegisterL2Adapter
+from lmcache_core.api import RegisterL2Adapter, hookimpl
 from lmcache_plugin_fault_inject.adapter import TYPE_NAME, FaultInjectConfig, make_adapter
 
 
