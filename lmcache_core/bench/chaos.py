@@ -160,7 +160,7 @@ class Chaos:
               "hang_seconds": 1.0, "max_capacity_gb": L2_GB,
               "eviction": {"eviction_policy": "LRU", "trigger_watermark": 0.8, "eviction_ratio": 0.2}}
         self.server = ServerProc(
-            ["--l1-size-gb", str(L1_GB), "--eviction-policy", "IsolatedLRU", "--max-workers", "4",
+            ["--l1-size-gb", str(L1_GB), "--l1-prefault-ahead-gb", str(L1_GB), "--eviction-policy", "IsolatedLRU", "--max-workers", "4",
              "--worker-reap-timeout-seconds", "8", "--worker-registration-grace-seconds", "30",
              "--session-ttl-seconds", str(SESSION_TTL_S), "--shutdown-drain-seconds", "10", "--log-level", "WARNING",
              "--l2-adapter", json.dumps(l2)], work_dir / "server.log")
@@ -454,18 +454,26 @@ class Chaos:
             now = self.elapsed()
             if (rss_25 is None and now >= self.duration * 0.25 and now >= self.last_restart_t + RSS_SETTLE_S
                     and not self.restarting.is_set()):
-                rss_25 = (self.server.rss_bytes(), self.server.starts)
+                rss_25 = self.rss_point()
                 self.rss_25_t = now
         marks["end"] = (self.elapsed(), self.ops())
-        rss_100 = (self.server.rss_bytes(), self.server.starts)
+        rss_100 = self.rss_point()
         self.stop.set()
         for t in threads + self.restarts:
             t.join(150)
         self.call("POST", "/reconfigure/fault_inject/clear", {})
         return self.finish(marks, rss_25, rss_100)
 
-    def finish(self, marks: dict[str, tuple[float, int]], rss_25: tuple[int, int] | None,
-               rss_100: tuple[int, int]) -> dict[str, Any]:
+    def rss_point(self) -> tuple[int, int, int]:
+        """(RSS, which server process, bytes of L1 arena touched so far: the allocator's high-water mark)."""
+        code, raw = self.call("GET", "/status", label="GET /status (rss)")
+        high_water = 0
+        if code == 200:
+            high_water = json.loads(raw)["storage_manager"]["l1_manager"]["allocator"]["high_water_bytes"]
+        return self.server.rss_bytes(), self.server.starts, high_water
+
+    def finish(self, marks: dict[str, tuple[float, int]], rss_25: tuple[int, int, int] | None,
+               rss_100: tuple[int, int, int]) -> dict[str, Any]:
         with self.lock:
             live = list(self.workers)
         for w in live:
@@ -528,22 +536,19 @@ class Chaos:
                 "carved_unused_fraction_mean": round(sum(fracs) / len(fracs), 4) if fracs else None,
                 "failed_allocations_last": failed[-1] if failed else None}
 
-    def report(self, marks: dict[str, tuple[float, int]], rss_25: tuple[int, int] | None,
-               rss_100: tuple[int, int], leaks: dict[str, Any]) -> dict[str, Any]:
+    def report(self, marks: dict[str, tuple[float, int]], rss_25: tuple[int, int, int] | None,
+               rss_100: tuple[int, int, int], leaks: dict[str, Any]) -> dict[str, Any]:
         stats = self.total_stats()
         (t0, o0), (t1, o1), (t2, o2) = marks["baseline_start"], marks["baseline_end"], marks["end"]
         base_rate = (o1 - o0) / (t1 - t0) if t1 > t0 else 0.0
         fault_rate = (o2 - o1) / (t2 - t1) if t2 > t1 else 0.0
-        rss_growth = None
-        if rss_25 is not None and rss_25[1] == rss_100[1]:
+        rss_growth = rss_growth_ex_l1 = None
+        if rss_25 is not None and rss_25[1] == rss_100[1]:  # the same server process at both points
             rss_growth = (rss_100[0] - rss_25[0]) / rss_25[0]
-        elif rss_25 is not None:
-            # The server restarted after the 25 % mark: compare like with like, the same process's
-            # first sample after it settled (10 s after its start) with its last.
-            same = [s for s in self.samples if s["server_start"] == rss_100[1]]
-            if same and self.elapsed() - same[0]["t"] > 10:
-                settled = next((s for s in same if s["t"] >= same[0]["t"] + 10), same[0])
-                rss_growth = (rss_100[0] - settled["rss"]) / settled["rss"]
+            # The server populates all of L1 ahead of the allocator (--l1-prefault-ahead-gb): L1's pages are
+            # resident from the start, so RSS growth is everything else. Shown too: the growth less the
+            # arena's high-water growth, the figure for a server that touches L1 lazily.
+            rss_growth_ex_l1 = ((rss_100[0] - rss_100[2]) - (rss_25[0] - rss_25[2])) / (rss_25[0] - rss_25[2])
         failures = []
         if stats["wrong_bytes"]:
             failures.append(f"{stats['wrong_bytes']} wrong bytes in {stats['wrong_chunks']} chunks")
@@ -610,6 +615,9 @@ class Chaos:
             "rss_first_sample_s": getattr(self, "rss_25_t", None),
             "rss_bytes_at_100pct": rss_100[0],
             "rss_growth_25_to_100pct": None if rss_growth is None else round(rss_growth, 4),
+            "l1_arena_touched_bytes_at_25pct": rss_25[2] if rss_25 else None,
+            "l1_arena_touched_bytes_at_100pct": rss_100[2],
+            "rss_growth_outside_l1_arena_25_to_100pct": None if rss_growth_ex_l1 is None else round(rss_growth_ex_l1, 4),
             "rss_growth_bound": RSS_GROWTH_BOUND,
             "max_open_fds": max((s["fds"] for s in self.samples), default=None),
             "max_threads": max((s["threads"] for s in self.samples), default=None),
