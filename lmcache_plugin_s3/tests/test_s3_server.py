@@ -94,6 +94,8 @@ def test_outages_and_a_hung_s3_are_survived(tmp_path: Path) -> None:
                         assert w.lookup(seq=999, chunks=2) == 0
                         status = s3_status(http)
                         assert status["is_healthy"] is False and status["connection_disabled"] is True
+                        health = http_json("GET", f"{http}/l2/adapters")[1]["adapters"][0]["health"]
+                        assert health["breaker"] != "closed" and health["is_healthy"] is False
                         if outage == "hung":
                             assert hung.accepted > 0
                             assert status["failures_by_reason"].get("read_timeout", 0) > 0
@@ -110,6 +112,9 @@ def test_outages_and_a_hung_s3_are_survived(tmp_path: Path) -> None:
                     assert w.store(seq=100 + phase, chunks=2)[0]
                     until("stores to resume", lambda: len(bucket_objects(moto, bucket)) >= before + 2)
                     assert s3_status(http)["is_healthy"] is True
+                    health = http_json("GET", f"{http}/l2/adapters")[1]["adapters"][0]["health"]
+                    assert (health["breaker"], health["is_healthy"]) == ("closed", True)
+                    assert health["latency_ms"]["put"]["count"] > 0
                 assert proc.poll() is None
                 skipped = s3_status(http)["skipped"]
                 assert skipped["store"] > 0 or skipped["lookup"] > 0

@@ -297,6 +297,10 @@ class L2Adapter(abc.ABC):
         """Adapter-specific status fields."""
         return {}
 
+    def _health(self) -> dict[str, Any]:
+        """Adapter-specific fields of :meth:`health` (may override ``is_healthy``); default none."""
+        return {}
+
     def _close(self) -> None:
         """Release the adapter's resources."""
 
@@ -384,6 +388,11 @@ class L2Adapter(abc.ABC):
     def reconfigurable(self) -> bool:
         """Whether this adapter implements :class:`Reconfigurable`."""
         return isinstance(self, Reconfigurable)
+
+    def health(self) -> dict[str, Any]:
+        """A short health summary for ``GET /l2/adapters`` (cheap, no I/O): ``is_healthy`` and what
+        :meth:`_health` adds (an S3 adapter: its circuit breaker, failures by reason, latency)."""
+        return {"is_healthy": not self._closed, **self._health()}
 
     def report_status(self) -> dict[str, Any]:
         with self._lock:

@@ -83,14 +83,16 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
-from lmcache_core.keys import (
+from lmcache_core.api import (
+    L2Adapter,
+    L2AdapterConfig,
+    L2AdapterContext,
     ObjectKey,
     UnencodableKeyError,
     object_name,
     object_name_prefix,
     try_parse_object_name,
 )
-from lmcache_core.storage.l2.base import L2Adapter, L2AdapterConfig, L2AdapterContext
 from lmcache_plugin_s3 import metrics
 from lmcache_plugin_s3.breaker import CLOSED, STATE_CODES, CircuitBreaker
 
@@ -611,6 +613,15 @@ class S3L2Adapter(L2Adapter):
         if breaker["state"] != CLOSED or self.startup_error is not None:
             doc["is_healthy"] = False
         return doc
+
+    def _health(self) -> dict[str, Any]:
+        breaker = self.breaker.report()
+        with self._stats_lock:
+            latency = {op: _summary(window) for op, window in self._latency.items()}
+            failures = dict(self.failures_by_reason)
+        return {"is_healthy": breaker["state"] == CLOSED and self.startup_error is None and not self._closed,
+                "breaker": breaker["state"], "consecutive_failures": breaker["consecutive_failures"],
+                "failures_by_reason": failures, "latency_ms": latency}
 
     def _close(self) -> None:
         self.breaker.close()

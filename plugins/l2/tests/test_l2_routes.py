@@ -65,9 +65,9 @@ def test_adapters_in_configuration_order_primary_first(make_live: Any, tmp_path:
     resp = live.get("/l2/adapters")
     assert resp.status_code == 200 and resp.headers["content-type"] == JSON
     assert resp.json() == {"adapters": [
-        {"index": 0, "type_name": "fs", "primary": True},
-        {"index": 1, "type_name": "memory", "primary": False},
-        {"index": 2, "type_name": "fs", "primary": False},
+        {"index": 0, "type_name": "fs", "primary": True, "health": {"is_healthy": True}},
+        {"index": 1, "type_name": "memory", "primary": False, "health": {"is_healthy": True}},
+        {"index": 2, "type_name": "fs", "primary": False, "health": {"is_healthy": True}},
     ]}
 
 

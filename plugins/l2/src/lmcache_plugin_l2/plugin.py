@@ -3,9 +3,10 @@
 Routes (LMCache's HTTP API, "L2 Storage Management")
 -----------------------------------------------------------------------------------
 ``GET /l2/adapters``
-    ``{"adapters": [{"index", "type_name", "primary"}]}`` in configuration order;
-    ``primary`` only on index 0; ``[]`` when no adapter is configured. 503 before the
-    engine is ready.
+    ``{"adapters": [{"index", "type_name", "primary", "health"}]}`` in configuration order;
+    ``primary`` only on index 0; ``health`` is the adapter's cheap summary (``is_healthy``;
+    an S3 adapter adds its breaker state, failures by reason, latency); ``[]`` when no
+    adapter is configured. 503 before the engine is ready.
 ``DELETE /l2?adapter=<type_name>`` (admin)
     Body ``{"keys": [EncodedObjectKey, ...]}``. Checked in this order: 422 for a body
     that is not that shape; 400 ``too many keys in a single request (limit=10000,
@@ -156,6 +157,7 @@ class AdapterInfo(msgspec.Struct):
     index: int
     type_name: str
     primary: bool
+    health: dict[str, Any] = msgspec.field(default_factory=dict)  # L2Adapter.health(): is_healthy, type-specific
 
 
 class AdaptersResponse(msgspec.Struct):
@@ -309,7 +311,7 @@ def _page_size(text: str | None) -> int | None:
 def list_adapters(engine: Engine) -> AdaptersResponse:
     """Every L2 adapter in configuration order; ``primary`` marks index 0."""
     adapters = engine.storage.l2_adapters if engine.storage is not None else []
-    return AdaptersResponse([AdapterInfo(i, a.type_name, i == 0) for i, a in enumerate(adapters)])
+    return AdaptersResponse([AdapterInfo(i, a.type_name, i == 0, a.health()) for i, a in enumerate(adapters)])
 
 
 # -- DELETE /l2 ---------------------------------------------------------------------------
