@@ -14,7 +14,7 @@ from typing import Any
 
 from lmcache_core.config import StorageManagerConfig
 from lmcache_core.observability.periodic import PeriodicThreadRegistry, ThreadLevel
-from lmcache_core.plugins import PluginError, Registry
+from lmcache_core.registry import PluginError, Registry
 from lmcache_core.storage import metrics
 from lmcache_core.storage.eviction import EvictionPolicy
 from lmcache_core.storage.eviction_controller import EvictionController, PolicyFeeder
