@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,12 @@ from support import MemoryAdapter, MemoryPlugin
 
 import lmcache_plugin_api056.plugin as api056
 from lmcache_core import hookimpl
-from lmcache_core.cli import build_parser
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.hashing import TokenHasher
-from lmcache_core.keys import ObjectKey
-from lmcache_core.plugins import PluginHost
+from lmcache_core.keys import ObjectKey, kv_rank_for_worker
 from lmcache_core.server import CacheServer
 from lmcache_core.storage.l2.base import L2AdapterConfig, Reconfigurable, ReconfigureError
-from lmcache_core.testing import free_port
+from lmcache_core.testing import wait_for as testing_wait_for
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
 MODEL = "api056-model"
@@ -77,14 +74,7 @@ def plugin_specs() -> list[tuple[str, Any]]:
 
 def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = TIMEOUT_S) -> Any:
     """Poll ``condition`` until truthy (bounded); its value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    return testing_wait_for(condition, timeout_s=timeout_s, what=what)
 
 
 def encoded(key: ObjectKey) -> dict[str, Any]:
@@ -94,7 +84,6 @@ def encoded(key: ObjectKey) -> dict[str, Any]:
 
 def chunk_keys(tokens: Sequence[int], model: str = MODEL) -> list[ObjectKey]:
     """The keys the data path gives ``tokens``' full chunks (world size 1, rank 0)."""
-    from lmcache_core.keys import kv_rank_for_worker
     return [ObjectKey(h, model, kv_rank_for_worker(1, 0), 0, "") for h in TokenHasher(CHUNK).hash_chunks(list(tokens))]
 
 
