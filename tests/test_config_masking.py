@@ -53,14 +53,16 @@ class Section(msgspec.Struct):
 def test_masked_hides_secret_fields_and_url_credentials_at_any_depth() -> None:
     doc = Section(endpoint="https://AKID:hunter2@s3.example.com", aws_secret_access_key="sk",
                   adapters=[{"type": "s3", "s3_endpoint": "http://u:p@bucket.localhost:9000",
-                             "nested": {"dsn": ["redis://:pw@cache:6379/0", ("x", "https://a:b@h")]},
+                             "nested": {"urls": ["redis://:pw@cache:6379/0", ("x", "https://a:b@h")],
+                                        "sentry_dsn": "https://key@sentry.example/1"},
                              "aws_session_token": "tok", "disable_tls": True, "max_capacity_gb": 1.5}])
     out = masked(doc)
     assert out == {
         "endpoint": "https://***@s3.example.com",
         "aws_secret_access_key": "***",
         "adapters": [{"type": "s3", "s3_endpoint": "http://***@bucket.localhost:9000",
-                      "nested": {"dsn": ["redis://***@cache:6379/0", ["x", "https://***@h"]]},
+                      "nested": {"urls": ["redis://***@cache:6379/0", ["x", "https://***@h"]],
+                                 "sentry_dsn": "***"},  # a secret-named field is hidden whole
                       "aws_session_token": "***", "disable_tls": True, "max_capacity_gb": 1.5}],
     }
 
