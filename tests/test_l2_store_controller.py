@@ -134,7 +134,9 @@ def test_the_server_wires_adapters_from_l2_adapter_config(lmcache_server_factory
         status = server.status()["storage_manager"]
         assert status["num_l2_adapters"] == 1 and status["l2_adapters"][0]["stored_object_count"] == 2
         object_nbytes = 2 * 2 * 256 * 16 * 2  # [K/V, layers, tokens, hidden] fp16
-        assert server.storage.quotas.usage_bytes("") == 4 * object_nbytes  # 2 in L1 + 2 in L2
+        # 2 in L1 and 2 in L2: the usage compared with a quota is the largest tier's (issue 18), not the sum
+        assert server.storage.quotas.usage_bytes("") == 2 * object_nbytes
+        assert server.storage.quotas.usage_by_tier() == {"l1": {"": 2 * object_nbytes}, "l2:0": {"": 2 * object_nbytes}}
     finally:
         client.close()
         kv.close()
