@@ -261,9 +261,20 @@ def _json_safe(entry: KeyEntryBody) -> bool:
 
 
 def _decode(raw: bytes, body_type: type[Any]) -> Any:
-    """The body as ``body_type``, strictly typed: ``"3"`` is not an integer (the OpenAPI document says
-    integer, so a string is a 422); raises ``msgspec.ValidationError``/``DecodeError``."""
-    return msgspec.json.decode(raw, type=body_type)
+    """The body as ``body_type``, typed as the OpenAPI document says: ``"3"`` is not an integer (a 422);
+    ``3.0`` is one (JSON Schema's ``integer`` takes any number without a fractional part), ``3.5`` is
+    not. The bodies have no float fields. Raises ``msgspec.ValidationError``/``DecodeError``."""
+    return msgspec.convert(_integral_floats_as_ints(msgspec.json.decode(raw)), body_type)
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    return value
 
 
 def _body(raw: bytes, body_type: type[Any]) -> Any:
