@@ -6,6 +6,7 @@ open file descriptors, threads, and the worker shared-memory segments it has map
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -61,8 +62,8 @@ class ServerProc:
             try:
                 if self.get("/healthcheck", timeout=1.0)[0] == 200:
                     return
-            except OSError:
-                pass
+            except (OSError, http.client.HTTPException):
+                pass  # not listening yet, or the port answered with something that is not HTTP (not ours yet)
             time.sleep(0.05)  # a process starting up: nothing to wait on but its port
         raise RuntimeError(f"lmcache-server not healthy within {timeout_s} s\n{self.log_tail()}")
 
