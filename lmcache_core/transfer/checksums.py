@@ -1,6 +1,6 @@
 """KV-cache checksums by block: ``POST /cache/checksums`` (LMCache 0.5.6) and the seed's ``GET /kvcache/check``.
 
-Both routes compute the same digests (``protocol/README.md`` §9.1): the block
+Both routes compute the same digests (LMCache 0.5.6's checksum rule): the block
 ids are cut into chunks of ``chunk_size`` *blocks* (the last chunk may be
 short), and
 

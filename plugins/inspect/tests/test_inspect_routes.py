@@ -1,4 +1,4 @@
-"""The inspect routes through real HTTP, as curl sees them (``spec/http-api-seed.txt``, "Inspection and
+"""The inspect routes through real HTTP, as curl sees them (LMCache's HTTP API, "Inspection and
 Status"): ``GET /status``, ``GET /conf``, ``GET /version``, ``GET /lmc_version``, ``GET /commit_id``.
 
 Servers are real (ZMQ data path, L1 in shared memory, a real dict-backed L2 adapter type) and workers
