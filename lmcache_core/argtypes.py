@@ -87,6 +87,20 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
 
 
+def salt_quota(text: str) -> tuple[str, float]:
+    """``SALT=GB`` (``--cache-salt-quota``): a cache salt and its quota in GiB (``=GB`` is the default salt)."""
+    salt, sep, gb = text.rpartition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected SALT=GB, got {text!r}")
+    from lmcache_core.keys import InvalidKeyError, validate_cache_salt
+
+    try:
+        validate_cache_salt(salt)
+    except InvalidKeyError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return salt, NON_NEGATIVE_FLOAT(gb)
+
+
 PORT = number(int, minimum=1, maximum=65535)
 POSITIVE_INT = number(int, minimum=1)
 NON_NEGATIVE_INT = number(int, minimum=0)

@@ -57,6 +57,7 @@ class StorageManagerConfig(msgspec.Struct, kw_only=True):
     eviction_policy: str = "LRU"
     eviction_trigger_watermark: float = 0.8
     eviction_ratio: float = 0.2
+    cache_salt_quota: list[tuple[str, float]] = msgspec.field(default_factory=list)  # (salt, GiB) at startup
     l2_adapter: list[dict[str, Any]] = msgspec.field(default_factory=list)
     l2_store_policy: str = "default"
     l2_prefetch_policy: str = "default"

@@ -28,6 +28,7 @@ from lmcache_core.argtypes import (
     env_json_objects,
     json_object,
     power_of_two,
+    salt_quota,
 )
 from lmcache_core.config import add_config_options
 from lmcache_core.plugins import PluginHost
@@ -85,6 +86,10 @@ def add_core_options(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--eviction-policy", default="LRU", help="eviction policy name (registered by plugins)")
     st.add_argument("--eviction-trigger-watermark", type=FRACTION, default=0.8,
                     help="usage ratio that triggers eviction, in (0, 1]")
+    st.add_argument("--cache-salt-quota", type=salt_quota, action="append", default=[], metavar="SALT=GB",
+                    help="a per-salt quota in GiB in force from startup (as PUT /quota/SALT sets at run time), so "
+                         "IsolatedLRU keeps a salt's recovered L2 objects after a restart; repeatable "
+                         "(env: comma-separated)")
     st.add_argument("--eviction-ratio", type=FRACTION, default=0.2, help="fraction evicted per trigger, in (0, 1]")
     _env(st.add_argument("--l2-adapter", type=json_object, action="append", default=[], metavar="JSON",
                          help='an L2 adapter, e.g. \'{"type":"fs","base_path":"/data"}\'; repeatable, '

@@ -23,7 +23,7 @@ from lmcache_core.storage.l2.base import L2Adapter, L2AdapterContext
 from lmcache_core.storage.l2.eviction import AdapterTier, L2PolicyFeeder
 from lmcache_core.storage.l2.prefetch_controller import PrefetchController, WarmPrefetchJobs
 from lmcache_core.storage.l2.store_controller import StoreController
-from lmcache_core.storage.quota import QuotaManager
+from lmcache_core.storage.quota import QuotaManager, gib_to_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class StorageManager:
             prefault_ahead_bytes=int(config.l1_prefault_ahead_gb * GIB),
         )
         self.quotas = QuotaManager()
+        for salt, gib in config.cache_salt_quota:  # --cache-salt-quota: in force before any eviction tick
+            self.quotas.set_quota(salt, gib_to_bytes(gib))
         self.quotas.register_usage_provider("l1", self.l1.usage_by_salt)
         self.policy: EvictionPolicy = policies.get(config.eviction_policy)()
         self.l1.register_listener(PolicyFeeder(self.policy))
