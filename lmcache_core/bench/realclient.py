@@ -120,6 +120,11 @@ def run() -> list[dict[str, Any]]:
                     loaded[name].append(probe(url, lookups // 2, base["layers"], background))
     rows = [{**base, "server": name, "background_workers": background, **_merge(quiet[name], loaded[name])}
             for name in names]
+    ours, theirs = rows
+    rows.append({"bench": "datapath_real_client", "comparison": "lmcache-server / lmcache-0.5.6",
+                 "noop_p50_ratio": round(ours["noop_p50_us"] / theirs["noop_p50_us"], 3),
+                 "lookup_hit_p50_ratio": round(ours["lookup_hit_p50_us"] / theirs["lookup_hit_p50_us"], 3),
+                 "lookup_miss_p50_ratio": round(ours["lookup_miss_p50_us"] / theirs["lookup_miss_p50_us"], 3)})
     # Tensor parallelism: N workers storing and retrieving their shards at the same moment.
     chunks, sc_rounds = _env_int("LMCACHE_BENCH_SCALING_CHUNKS", 4), _env_int("LMCACHE_BENCH_SCALING_ROUNDS", 3)
     for workers in (2, 4):
@@ -130,11 +135,6 @@ def run() -> list[dict[str, Any]]:
                 got = scaling_probe(f"tcp://127.0.0.1:{zp}", workers, base["layers"], chunks, sc_rounds)
             rows.append({"bench": "datapath_real_client_workers", "server": name, "chunks_per_round": chunks,
                          "rounds": sc_rounds, **got})
-    ours, theirs = rows
-    rows.append({"bench": "datapath_real_client", "comparison": "lmcache-server / lmcache-0.5.6",
-                 "noop_p50_ratio": round(ours["noop_p50_us"] / theirs["noop_p50_us"], 3),
-                 "lookup_hit_p50_ratio": round(ours["lookup_hit_p50_us"] / theirs["lookup_hit_p50_us"], 3),
-                 "lookup_miss_p50_ratio": round(ours["lookup_miss_p50_us"] / theirs["lookup_miss_p50_us"], 3)})
     return rows
 
 
