@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import time
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ import torch
 from lmcache_core.keys import ObjectKey
 from lmcache_core.storage.l1 import L1Manager, L1Result
 from lmcache_core.storage.prefault import MADV_POPULATE_WRITE
+from lmcache_core.testing import wait_for
 
 MIB = 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -33,15 +33,6 @@ def resident(address: int, length: int) -> int:
     if _libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(length), vec) != 0:
         raise OSError(ctypes.get_errno(), "mincore failed")
     return sum(v & 1 for v in vec) * page
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def key(i: int) -> ObjectKey:
@@ -79,7 +70,7 @@ def test_prefaulter_keeps_memory_ahead_of_the_high_water_mark_and_never_changes_
     l1 = L1Manager(512 * MIB, prefault_ahead_bytes=ahead)
     try:
         base, size = l1._arena.tensor.data_ptr(), l1._arena.size
-        assert wait_for(lambda: resident(base, size) >= ahead)
+        wait_for(lambda: resident(base, size) >= ahead, what="the pre-faulter to get ahead")
         assert resident(base, size) <= ahead  # ahead of use, not the configured size
         # Store 48 objects of 1 MiB with a known pattern: the high-water mark moves past them.
         keys = [key(i) for i in range(48)]
@@ -90,7 +81,7 @@ def test_prefaulter_keeps_memory_ahead_of_the_high_water_mark_and_never_changes_
         l1.finish_write(keys)
         high = l1._alloc.high_water
         assert high >= 48 * MIB
-        assert wait_for(lambda: resident(base, size) >= high + ahead)
+        wait_for(lambda: resident(base, size) >= high + ahead, what="the pre-faulter to follow the high-water mark")
         assert resident(base, size) <= high + ahead
         read = l1.reserve_read(keys)
         assert all(r == L1Result.SUCCESS for r in read)

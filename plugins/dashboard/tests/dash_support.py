@@ -6,7 +6,6 @@ several) and a worker driven over ZMQ by our client; what ``/status`` and ``/met
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,10 +17,9 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from support import MemoryPlugin
 
-from lmcache_core.cli import build_parser
+from lmcache_core import testing
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.config import MPConfig, StorageManagerConfig
-from lmcache_core.plugins import PluginHost
 from lmcache_core.testing import free_port
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
@@ -42,20 +40,12 @@ def plugin_specs() -> list[tuple[str, Any]]:
 
 def parse_options(argv: Sequence[str]) -> argparse.Namespace:
     """``lmcache-server`` options as the command line gives them (with the dashboard's)."""
-    host = PluginHost(load_entry_points=False, extra_plugins=plugin_specs())
-    return build_parser(host, environ={}).parse_args(list(argv))
+    return testing.parse_options(plugin_specs(), list(argv))
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
     """Poll ``condition`` until it is truthy (bounded); its value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+    return testing.wait_for(condition, timeout_s, what=what)
 
 
 def make_live(factory: Any, *, l2: int = 1, argv: Sequence[str] = (), start: bool = True,

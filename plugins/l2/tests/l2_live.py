@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,10 @@ import lmcache_plugin_l2.plugin as l2_plugin
 import torch
 from support import MemoryPlugin
 
-from lmcache_core.cli import build_parser
+from lmcache_core import testing
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.hashing import TokenHasher
 from lmcache_core.keys import ObjectKey, kv_rank_for_worker
-from lmcache_core.plugins import PluginHost
 from lmcache_core.server import CacheServer
 from lmcache_core.transfer.client_kv import WorkerKVCache
 
@@ -45,20 +43,12 @@ def plugin_specs() -> list[tuple[str, Any]]:
 
 def parse_options(argv: Sequence[str]) -> argparse.Namespace:
     """``lmcache-server`` options as the command line gives them (with these plugins' options)."""
-    host = PluginHost(load_entry_points=False, extra_plugins=plugin_specs())
-    return build_parser(host, environ={}).parse_args(list(argv))
+    return testing.parse_options(plugin_specs(), list(argv))
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
     """Poll ``condition`` until it is truthy (bounded); its value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    return testing.wait_for(condition, timeout_s, what=what)
 
 
 def encoded(key: ObjectKey) -> dict[str, Any]:
