@@ -63,8 +63,9 @@ class Prefaulter:
 
     def step(self) -> int:
         """Populate up to one step towards ``high_water() + ahead``; returns the bytes populated."""
-        target = min(self._size, self._high_water() + self._ahead)
-        start = max(self.populated, self._high_water() // self._page * self._page)
+        high = self._high_water()
+        target = min(self._size, high + self._ahead)
+        start = max(self.populated, high // self._page * self._page)
         if start >= target:
             return 0
         length = min(STEP_BYTES, target - start)
