@@ -111,6 +111,9 @@ def test_an_engine_driven_zip_bomb_is_refused_with_bounded_memory(server_proc, t
                                                    hidden_dim_size=8, dtype_str="torch.float16", use_mla=False)
         client.call(Op.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT, ctx)
         before = _settled_rss(pid)
+        # VmHWM is the all-time peak (startup's included): reset it so it measures this request alone.
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
         key = make_key(list(range(256)), "bomb", model_name="bomb", worker_id=0)
         assert client.call(Op.COMMIT_STORE, key, 9, bomb) is False
         assert rss_bytes(pid, "VmHWM") - before < 64 * MiB  # the peak: the bomb inflates to 512 MiB
