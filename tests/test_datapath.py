@@ -138,6 +138,25 @@ def test_a_failing_handler_answers_and_the_server_keeps_serving(served):
     assert client.ping(IID) is True
 
 
+def test_one_op_table_says_what_is_served_and_with_which_failure_value(served):
+    """``wire.OP_SPECS`` is the only table: the server's handlers are exactly its served ops, each with
+    the row's dispatch and failure value; an op it does not serve gets the error reply."""
+    server, client, _ = served
+    served_ops = {op for op, spec in wire.OP_SPECS.items() if spec.dispatch is not None}
+    assert set(server.zmq.handlers) == served_ops
+    for op in served_ops:
+        handler, spec = server.zmq.handlers[op], wire.OP_SPECS[op]
+        assert (handler.dispatch, handler.failure) == (spec.dispatch, spec.failure), op
+    assert wire.OP_SPECS[Op.STORE].failure == wire.OP_SPECS[Op.RETRIEVE].failure == (b"", False)
+    assert wire.OP_SPECS[Op.QUERY_PREFETCH_STATUS].failure == 0
+    assert wire.OP_SPECS[Op.NOOP].failure is wire.NO_FALLBACK  # no in-band value: the error reply
+    unserved = sorted(set(Op) - served_ops)
+    assert Op.CB_UNIFIED_LOOKUP in unserved and Op.STORE_Q in unserved
+    with pytest.raises(wire.ErrorReply, match="unsupported operation CB_UNREGISTER_ROPE"):
+        client.call(Op.CB_UNREGISTER_ROPE, 1)
+    assert client.noop() == "OK"
+
+
 def test_unregister_then_store_fails_and_reregister_is_idempotent(served):
     server, client, kv = served
     register(client, kv)

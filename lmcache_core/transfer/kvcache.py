@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -83,6 +84,16 @@ class ObjectBufferError(TransferError, ValueError):
 
 class KVCacheClosedError(TransferError):
     """The registration was released (``unregister_kv_cache``)."""
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """A transfer's block ids, validated once: per group the ``num_chunks * bpc`` ids as int64,
+    and per chunk whether all its ids are the null block (:meth:`RegisteredKVCache.plan_blocks`)."""
+
+    num_chunks: int
+    ids: list[torch.Tensor]
+    null: list[bool]
 
 
 class _GroupPlan:
@@ -284,14 +295,17 @@ class RegisteredKVCache:
 
     def null_chunk_mask(self, block_ids: Sequence[Sequence[int]], num_chunks: int) -> list[bool]:
         """Per chunk: whether every block id of every group is the null block (such chunks are not stored)."""
-        null = self.null_block_id
-        mask = []
-        for i in range(num_chunks):
-            mask.append(all(
-                all(b == null for b in ids[i * g.blocks_per_chunk:(i + 1) * g.blocks_per_chunk])
-                for g, ids in zip(self.layout.groups, block_ids, strict=True)
-            ))
-        return mask
+        return self.plan_blocks(block_ids, num_chunks).null
+
+    def plan_blocks(self, block_ids: Sequence[Sequence[int]], num_chunks: int) -> BlockPlan:
+        """Validate ``block_ids`` for ``num_chunks`` chunks once, with the null-chunk mask (see :class:`BlockPlan`)."""
+        ids = self.validate_block_ids(block_ids, num_chunks)
+        mask: torch.Tensor | None = None
+        for g, t in zip(self.layout.groups, ids, strict=True):
+            is_null = (t.view(num_chunks, g.blocks_per_chunk) == self.null_block_id).all(dim=1)
+            mask = is_null if mask is None else mask & is_null
+        null = mask.tolist() if mask is not None else [True] * num_chunks
+        return BlockPlan(num_chunks, ids, null)
 
     # -- copies ---------------------------------------------------------------------------
 
@@ -314,17 +328,22 @@ class RegisteredKVCache:
         and all-null-block chunks are skipped. Returns per chunk whether it was
         written. Validates everything before copying anything.
         """
+        self._check_open()
+        return self.gather_planned(self.plan_blocks(block_ids, len(outs)), outs)
+
+    def gather_planned(self, plan: BlockPlan, outs: Sequence[torch.Tensor | None]) -> list[bool]:
+        """:meth:`gather_chunks` with block ids already validated by :meth:`plan_blocks`."""
         plans = self._open_plans()
-        n = len(outs)
-        ids = self.validate_block_ids(block_ids, n)
-        null = self.null_chunk_mask(block_ids, n)
-        todo = [i for i in range(n) if outs[i] is not None and not null[i]]
+        n = plan.num_chunks
+        if len(outs) != n:
+            raise ObjectBufferError(f"{len(outs)} object buffers for a plan of {n} chunk(s)")
+        todo = [i for i in range(n) if outs[i] is not None and not plan.null[i]]
         views = {i: self._object_views(plans, outs[i]) for i in todo}  # type: ignore[arg-type]
         if todo:
             if self.device.type == "cpu":
-                self._gather_cpu(plans, ids, todo, views)
+                self._gather_cpu(plans, plan.ids, todo, views)
             else:
-                self._gather_device(plans, ids, todo, outs)  # type: ignore[arg-type]
+                self._gather_device(plans, plan.ids, todo, outs)  # type: ignore[arg-type]
         written = [False] * n
         for i in todo:
             written[i] = True
@@ -338,19 +357,28 @@ class RegisteredKVCache:
         range start) are not written. ``None`` entries are skipped. Validates
         everything before copying anything.
         """
+        self._check_open()
+        if skip_first_n_tokens < 0:
+            raise BlockIdError(f"skip_first_n_tokens must be non-negative, got {skip_first_n_tokens}")
+        self.scatter_planned(self.plan_blocks(block_ids, len(objs)), objs, skip_first_n_tokens)
+
+    def scatter_planned(self, plan: BlockPlan, objs: Sequence[torch.Tensor | None],
+                        skip_first_n_tokens: int = 0) -> None:
+        """:meth:`scatter_chunks` with block ids already validated by :meth:`plan_blocks`."""
         plans = self._open_plans()
         if skip_first_n_tokens < 0:
             raise BlockIdError(f"skip_first_n_tokens must be non-negative, got {skip_first_n_tokens}")
-        n = len(objs)
-        ids = self.validate_block_ids(block_ids, n)
+        n = plan.num_chunks
+        if len(objs) != n:
+            raise ObjectBufferError(f"{len(objs)} objects for a plan of {n} chunk(s)")
         todo = [i for i in range(n) if objs[i] is not None]
         views = {i: self._object_views(plans, objs[i]) for i in todo}  # type: ignore[arg-type]
         if not todo:
             return
         if self.device.type == "cpu":
-            self._scatter_cpu(plans, ids, todo, views, skip_first_n_tokens)
+            self._scatter_cpu(plans, plan.ids, todo, views, skip_first_n_tokens)
         else:
-            self._scatter_device(plans, ids, todo, objs, skip_first_n_tokens)  # type: ignore[arg-type]
+            self._scatter_device(plans, plan.ids, todo, objs, skip_first_n_tokens)  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Release the mappings (idempotent). Later copies raise :class:`KVCacheClosedError`."""

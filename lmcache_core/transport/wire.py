@@ -63,8 +63,11 @@ from lmcache_core.transport.messages import DeviceIPCWrapper, IPCDescriptor
 __all__ = [
     "DESCRIPTOR_EXT_CODE",
     "ERROR_OPERATION",
+    "FAILED_TRANSFER",
+    "NO_FALLBACK",
     "OP_SPECS",
     "RETIRED_OP_IDS",
+    "Dispatch",
     "ErrorReply",
     "MalformedKind",
     "MalformedReply",
@@ -305,6 +308,24 @@ def _enc_hook(obj: Any) -> Any:
 Pool = Literal["sync", "blocking", "transfer"]
 
 
+class Dispatch(enum.Enum):
+    """Where this server runs an op's handler (see :mod:`lmcache_core.transport.zmq_server`)."""
+
+    SYNC = "sync"  # inline on the socket's loop thread
+    AFFINITY = "affinity"  # on the lane its client identity is pinned to (transfers stay in order)
+    NORMAL = "normal"  # on the CPU pool
+
+
+class _NoFallback:
+    def __repr__(self) -> str:
+        return "NO_FALLBACK"
+
+
+NO_FALLBACK: Any = _NoFallback()
+"""``OpSpec.failure`` of an op without an in-band failure value: a failing handler gets the
+``"error"`` reply instead."""
+
+
 @dataclass(frozen=True)
 class Param:
     """One payload frame of an op: name, declared type, client default (``msgspec.NODEFAULT`` if none)."""
@@ -316,11 +337,16 @@ class Param:
 
 @dataclass(frozen=True)
 class OpSpec:
-    """An op's signature: its ``*Args`` Struct, ordered params, reply type and how 0.5.6 runs it.
+    """One op, whole: its ``*Args`` Struct, ordered params, reply type, how 0.5.6 runs it, how we serve it.
 
     ``pool`` is how the real server schedules the handler (§5.1): ``sync`` inline
     on the socket thread, ``blocking`` on the CPU pool, ``transfer`` on the
     per-client-affine transfer pool. ``streaming`` marks ``subscribe_kv_events``.
+    ``dispatch`` is where *this* server runs it (None: not served, answered with the
+    ``"error"`` reply) and ``failure`` the reply a well-formed request that fails gets
+    (the op's in-band failure value, or :data:`NO_FALLBACK`). The handler functions
+    themselves are bound by :class:`lmcache_core.transport.handlers.DataPath`, one per
+    served op (checked when it builds its table).
     """
 
     op: Op
@@ -329,6 +355,8 @@ class OpSpec:
     response_type: Any
     pool: Pool
     streaming: bool = False
+    dispatch: Dispatch | None = None
+    failure: Any = NO_FALLBACK
 
     @property
     def arity(self) -> int:
@@ -337,47 +365,51 @@ class OpSpec:
 
 
 _BytesBool = tuple[bytes, bool]
-_TABLE: tuple[tuple[Op, type[m.Args], Any, Pool], ...] = (
-    (Op.REGISTER_KV_CACHE, m.RegisterKVCacheArgs, None, "sync"),
-    (Op.UNREGISTER_KV_CACHE, m.InstanceArgs, None, "sync"),
-    (Op.REGISTER_Q_CACHE, m.RegisterKVCacheArgs, None, "sync"),
-    (Op.UNREGISTER_Q_CACHE, m.InstanceArgs, None, "sync"),
-    (Op.STORE_Q, m.StoreArgs, _BytesBool, "transfer"),
-    (Op.STORE, m.StoreArgs, _BytesBool, "transfer"),
-    (Op.RETRIEVE, m.RetrieveArgs, _BytesBool, "transfer"),
-    (Op.LOOKUP, m.KeyTpArgs, None, "blocking"),
-    (Op.QUERY_PREFETCH_STATUS, m.RequestIdArgs, int | None, "blocking"),
-    (Op.WAIT_PREFETCH_STATUS, m.WaitPrefetchStatusArgs, int | None, "blocking"),
-    (Op.FREE_LOOKUP_LOCKS, m.KeyTpArgs, None, "blocking"),
-    (Op.END_SESSION, m.RequestIdArgs, None, "blocking"),
-    (
-        Op.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT,
-        m.RegisterEngineDrivenArgs,
-        m.RegisterEngineDrivenContextResponse,
-        "sync",
-    ),
-    (Op.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT, m.InstanceArgs, None, "sync"),
-    (Op.PREPARE_STORE, m.KeyInstanceArgs, m.PrepareStoreResponse, "transfer"),
-    (Op.COMMIT_STORE, m.CommitStoreArgs, bool, "transfer"),
-    (Op.PREPARE_RETRIEVE, m.KeyInstanceArgs, m.PrepareRetrieveResponse, "transfer"),
-    (Op.COMMIT_RETRIEVE, m.KeyInstanceArgs, bool, "transfer"),
-    (Op.CLEAR, m.ClearArgs, None, "blocking"),
-    (Op.GET_CHUNK_SIZE, m.NoArgs, int, "sync"),
-    (Op.PING, m.PingArgs, bool, "blocking"),
-    (Op.REPORT_BLOCK_ALLOCATION, m.ReportBlockAllocationArgs, None, "blocking"),
-    (Op.NOOP, m.NoArgs, str, "sync"),
-    (Op.CB_REGISTER_ROPE, m.CBRegisterRopeArgs, None, "blocking"),
-    (Op.CB_UNREGISTER_ROPE, m.InstanceArgs, None, "blocking"),
-    (Op.CB_RETRIEVE_PRE_COMPUTED, m.CBRetrievePreComputedArgs, _BytesBool, "transfer"),
-    (Op.CB_UNIFIED_LOOKUP, m.KeyTpArgs, m.CBUnifiedLookupResult | None, "blocking"),
-    (Op.P2P_LOOKUP_AND_LOCK, m.P2PLookupAndLockArgs, int, "blocking"),
-    (Op.P2P_QUERY_LOOKUP_RESULTS, m.TaskIdArgs, list[m.TransferChannelAddress] | None, "blocking"),
-    (Op.P2P_UNLOCK_OBJECTS, m.P2PUnlockObjectsArgs, None, "blocking"),
-    (Op.GET_EXPERIMENTAL, m.NoArgs, list[str], "sync"),
-    (Op.CB_PROTOCOL_HANDSHAKE, m.CBProtocolHandshakeArgs, tuple[int, bool], "blocking"),
-    (Op.CB_REORDER_PLAN, m.CBReorderPlanArgs, list[int], "blocking"),
-    (Op.SUBSCRIBE_KV_EVENTS, m.SubscribeKVEventsArgs, m.KVEventBatch, "sync"),
-    (Op.SERVER_MODULE_CALL, m.ServerModuleCallArgs, m.ServerModuleCallResponse, "blocking"),
+FAILED_TRANSFER = (b"", False)
+"""The in-band failure value of STORE and RETRIEVE: no event handle, not done."""
+_S, _A, _N, _NOT_SERVED = Dispatch.SYNC, Dispatch.AFFINITY, Dispatch.NORMAL, None
+_X = NO_FALLBACK
+# One row per op: op, args, reply type, 0.5.6's pool, our dispatch, our failure value.
+# LOOKUP and its follow-ups run inline (SYNC): on L1 they are tens of microseconds of work, less
+# than a hand-off to a pool and back costs (LOOKUP p50 is a target; long lookups hash off the loop).
+_TABLE: tuple[tuple[Op, type[m.Args], Any, Pool, Dispatch | None, Any], ...] = (
+    (Op.REGISTER_KV_CACHE, m.RegisterKVCacheArgs, None, "sync", _S, _X),
+    (Op.UNREGISTER_KV_CACHE, m.InstanceArgs, None, "sync", _S, None),
+    (Op.REGISTER_Q_CACHE, m.RegisterKVCacheArgs, None, "sync", _NOT_SERVED, _X),
+    (Op.UNREGISTER_Q_CACHE, m.InstanceArgs, None, "sync", _NOT_SERVED, _X),
+    (Op.STORE_Q, m.StoreArgs, _BytesBool, "transfer", _NOT_SERVED, _X),
+    (Op.STORE, m.StoreArgs, _BytesBool, "transfer", _A, FAILED_TRANSFER),
+    (Op.RETRIEVE, m.RetrieveArgs, _BytesBool, "transfer", _A, FAILED_TRANSFER),
+    (Op.LOOKUP, m.KeyTpArgs, None, "blocking", _S, None),
+    (Op.QUERY_PREFETCH_STATUS, m.RequestIdArgs, int | None, "blocking", _S, 0),
+    (Op.WAIT_PREFETCH_STATUS, m.WaitPrefetchStatusArgs, int | None, "blocking", _N, 0),
+    (Op.FREE_LOOKUP_LOCKS, m.KeyTpArgs, None, "blocking", _S, None),
+    (Op.END_SESSION, m.RequestIdArgs, None, "blocking", _N, None),
+    (Op.REGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT, m.RegisterEngineDrivenArgs, m.RegisterEngineDrivenContextResponse,
+     "sync", _S, _X),
+    (Op.UNREGISTER_KV_CACHE_ENGINE_DRIVEN_CONTEXT, m.InstanceArgs, None, "sync", _S, None),
+    (Op.PREPARE_STORE, m.KeyInstanceArgs, m.PrepareStoreResponse, "transfer", _A, m.PrepareStoreResponse(context={})),
+    (Op.COMMIT_STORE, m.CommitStoreArgs, bool, "transfer", _A, False),
+    (Op.PREPARE_RETRIEVE, m.KeyInstanceArgs, m.PrepareRetrieveResponse, "transfer", _A,
+     m.PrepareRetrieveResponse(success=False)),
+    (Op.COMMIT_RETRIEVE, m.KeyInstanceArgs, bool, "transfer", _A, False),
+    (Op.CLEAR, m.ClearArgs, None, "blocking", _N, _X),
+    (Op.GET_CHUNK_SIZE, m.NoArgs, int, "sync", _S, _X),
+    (Op.PING, m.PingArgs, bool, "blocking", _N, True),
+    (Op.REPORT_BLOCK_ALLOCATION, m.ReportBlockAllocationArgs, None, "blocking", _N, None),
+    (Op.NOOP, m.NoArgs, str, "sync", _S, _X),
+    (Op.CB_REGISTER_ROPE, m.CBRegisterRopeArgs, None, "blocking", _NOT_SERVED, _X),
+    (Op.CB_UNREGISTER_ROPE, m.InstanceArgs, None, "blocking", _NOT_SERVED, _X),
+    (Op.CB_RETRIEVE_PRE_COMPUTED, m.CBRetrievePreComputedArgs, _BytesBool, "transfer", _NOT_SERVED, _X),
+    (Op.CB_UNIFIED_LOOKUP, m.KeyTpArgs, m.CBUnifiedLookupResult | None, "blocking", _NOT_SERVED, _X),
+    (Op.P2P_LOOKUP_AND_LOCK, m.P2PLookupAndLockArgs, int, "blocking", _NOT_SERVED, _X),
+    (Op.P2P_QUERY_LOOKUP_RESULTS, m.TaskIdArgs, list[m.TransferChannelAddress] | None, "blocking", _NOT_SERVED, _X),
+    (Op.P2P_UNLOCK_OBJECTS, m.P2PUnlockObjectsArgs, None, "blocking", _NOT_SERVED, _X),
+    (Op.GET_EXPERIMENTAL, m.NoArgs, list[str], "sync", _S, _X),
+    (Op.CB_PROTOCOL_HANDSHAKE, m.CBProtocolHandshakeArgs, tuple[int, bool], "blocking", _NOT_SERVED, _X),
+    (Op.CB_REORDER_PLAN, m.CBReorderPlanArgs, list[int], "blocking", _NOT_SERVED, _X),
+    (Op.SUBSCRIBE_KV_EVENTS, m.SubscribeKVEventsArgs, m.KVEventBatch, "sync", _NOT_SERVED, _X),
+    (Op.SERVER_MODULE_CALL, m.ServerModuleCallArgs, m.ServerModuleCallResponse, "blocking", _NOT_SERVED, _X),
 )
 
 
@@ -387,8 +419,9 @@ def _params(args_type: type[m.Args]) -> tuple[Param, ...]:
 
 OP_SPECS: Mapping[Op, OpSpec] = MappingProxyType(
     {
-        op: OpSpec(op, args, _params(args), resp, pool, streaming=op is Op.SUBSCRIBE_KV_EVENTS)
-        for op, args, resp, pool in _TABLE
+        op: OpSpec(op, args, _params(args), resp, pool, streaming=op is Op.SUBSCRIBE_KV_EVENTS, dispatch=dispatch,
+                   failure=failure)
+        for op, args, resp, pool, dispatch, failure in _TABLE
     }
 )
 """Signature of every :class:`Op` (tested to cover all of them)."""

@@ -28,7 +28,6 @@ is the loop's heartbeat, read by ``GET /healthcheck``. See ``docs/security.md``.
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
 import logging
 import os
@@ -51,19 +50,18 @@ ZMQ_REQUESTS = Counter("lmcache_mp_zmq_requests", "ZMQ requests by operation and
 ZMQ_REQUEST_CHILDREN = Children(ZMQ_REQUESTS)  # the per-request counter, without labels() on the loop thread
 
 
-class Dispatch(enum.Enum):
-    SYNC = "sync"
-    AFFINITY = "affinity"
-    NORMAL = "normal"
-
-
-NO_FALLBACK = object()
+Dispatch = wire.Dispatch
+NO_FALLBACK = wire.NO_FALLBACK
 """``HandlerSpec.failure``: answer a failing handler with the ``"error"`` reply."""
 
 
 @dataclass(frozen=True)
 class HandlerSpec:
-    """How one op is served: the function ``fn(args, identity) -> value``, where it runs, its failure value."""
+    """How one op is served: the function ``fn(args, identity) -> value``, where it runs, its failure value.
+
+    Built from the op's row in :data:`lmcache_core.transport.wire.OP_SPECS` (dispatch, failure)
+    and the handler the data path binds to it; tests may build their own.
+    """
 
     fn: Callable[[Any, bytes], Any]
     dispatch: Dispatch
