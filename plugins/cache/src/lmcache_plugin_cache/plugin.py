@@ -47,8 +47,14 @@ class ChecksumRequest(msgspec.Struct, forbid_unknown_fields=False):
     layerwise: bool = False
 
 
+class Cleared(msgspec.Struct):
+    """``POST /clear-cache`` 200."""
+
+    status: str
+
+
 class KVCacheCheckResult(msgspec.Struct):
-    """``GET /kvcache/check`` 200 (documents the answer :func:`checksum_response` builds)."""
+    """``GET /kvcache/check`` 200 (the answer :func:`checksum_response` builds, typed)."""
 
     status: str
     chunk_size: int
@@ -116,11 +122,11 @@ def _compute(server: CacheServer, instance_id: int, block_ids: list[int], chunk_
 
 @post("/clear-cache", status_code=200, sync_to_thread=True, guards=[require_admin],
       summary="Force-clear all L1 data")
-def clear_cache(engine: Engine) -> dict[str, str]:
+def clear_cache(engine: Engine) -> Cleared:
     """Force-clears L1 (locks bypassed, as the seed documents); the body is ignored."""
     assert engine.storage is not None
     engine.storage.l1.clear(force=True)
-    return {"status": "ok"}
+    return Cleared(status="ok")
 
 
 # ASCII decimal only: int() would also take "1_0" and non-ASCII digits such as "١".
@@ -151,7 +157,7 @@ def kvcache_check(
     chunk_size: Annotated[str | None, QueryParameter(description="Blocks per hashed chunk (positive)")] = None,
     instance_id: Annotated[str, QueryParameter(description="Registered KV context id")] = "0",
     layerwise: Annotated[str, QueryParameter(description="true: one digest list per layer")] = "false",
-) -> dict[str, Any]:
+) -> KVCacheCheckResult:
     """Seed contract: 400 bad/missing ``block_ids`` or ``chunk_size``, 404 unknown instance, 501 unsupported."""
     if block_ids is None or not block_ids.strip():
         raise HTTPError(400, "block_ids is required")
@@ -171,7 +177,7 @@ def kvcache_check(
     flag = layerwise.strip().lower()
     if flag not in ("true", "false", "1", "0", "yes", "no"):
         raise HTTPError(400, "layerwise must be true or false")
-    return _compute(engine, iid, ids, chunk, flag in ("true", "1", "yes"), True)
+    return msgspec.convert(_compute(engine, iid, ids, chunk, flag in ("true", "1", "yes"), True), KVCacheCheckResult)
 
 
 @post("/cache/checksums", status_code=200, sync_to_thread=True, summary="MD5 checksums (LMCache 0.5.6 route, used by lmcache bench)",
@@ -183,13 +189,14 @@ def kvcache_check(
           429: openapi.detail("two checksum computations are already running"),
           422: openapi.detail("the body is not JSON or a field has the wrong type"),
           501: openapi.detail("the registered KV layout is not supported by this endpoint")})
-def cache_checksums(engine: Engine, body: RawBody) -> dict[str, Any]:
+def cache_checksums(engine: Engine, body: RawBody) -> ChecksumsResult:
     """0.5.6 contract: JSON body; 404 unknown instance, 400 empty ids / bad chunk size, 422 wrong types."""
     try:
         request = msgspec.json.decode(body or b"{}", type=ChecksumRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise HTTPError(422, str(exc)) from None
-    return _compute(engine, request.instance_id, request.block_ids, request.chunk_size, request.layerwise, False)
+    return msgspec.convert(_compute(engine, request.instance_id, request.block_ids, request.chunk_size,
+                                    request.layerwise, False), ChecksumsResult)
 
 
 # Each route keeps its own envelope: /clear-cache {"status": "error", "reason"}, the seed's /kvcache/check

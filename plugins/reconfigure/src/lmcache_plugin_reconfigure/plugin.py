@@ -76,7 +76,7 @@ OperationPath = Annotated[str, PathParameter(description="Operation (stripped, c
                                              schema_extra=_NOT_BLANK)]
 
 
-# -- what the OpenAPI document says (the handlers build these answers as dicts) ----------------
+# -- answers: what the handlers return, and what the OpenAPI document shows ----------------------
 
 
 class Backends(msgspec.Struct):
@@ -135,7 +135,7 @@ def _operations(adapter: Reconfigurable) -> list[str]:
     return [str(op).strip().lower() for op in adapter.reconfigure_operations()]
 
 
-def _status_entry(backend: str, local_index: int, adapter: L2Adapter) -> dict[str, Any]:
+def _status_entry(backend: str, local_index: int, adapter: L2Adapter) -> AdapterStatus:
     assert isinstance(adapter, Reconfigurable)
     try:
         operations = _operations(adapter)
@@ -143,13 +143,13 @@ def _status_entry(backend: str, local_index: int, adapter: L2Adapter) -> dict[st
     except Exception as exc:  # one broken adapter must not hide the others
         logger.exception("reconfigure status of L2 %s #%d failed", adapter.type_name, adapter.index)
         operations, state = [], {"error": f"{type(exc).__name__}: {exc}"}
-    return {"adapter_index": local_index, "l2_adapter_index": adapter.index, "backend": backend,
-            "supported_operations": operations, "status": state}
+    return AdapterStatus(adapter_index=local_index, l2_adapter_index=adapter.index, backend=backend,
+                         supported_operations=operations, status=state)
 
 
-def _backend_status(server: CacheServer, backend: str) -> dict[str, Any]:
+def _backend_status(server: CacheServer, backend: str) -> BackendStatus:
     adapters = [_status_entry(backend, i, a) for i, a in enumerate(backend_adapters(server, backend))]
-    return {"enabled": bool(adapters), "backend": backend, "num_adapters": len(adapters), "adapters": adapters}
+    return BackendStatus(enabled=bool(adapters), backend=backend, num_adapters=len(adapters), adapters=adapters)
 
 
 def _refusal_of(exc: Exception, adapter: L2Adapter, operation: str) -> Refusal:
@@ -202,16 +202,16 @@ def _operation(engine: CacheServer, backend: str, operation: str, body: bytes) -
 
 @get("/reconfigure/backends", sync_to_thread=False, summary="Backends with a runtime-reconfigurable L2 adapter",
      responses={200: openapi.json(Backends, "sorted backend names")})
-def reconfigure_backends(engine: Engine) -> dict[str, Any]:
+def reconfigure_backends(engine: Engine) -> Backends:
     """The sorted, de-duplicated backend names; ``enabled`` false (and no backends) when there are none."""
     names = sorted({backend_name(a) for a in reconfigurable_adapters(engine)})
-    return {"enabled": bool(names), "num_backends": len(names), "backends": names}
+    return Backends(enabled=bool(names), num_backends=len(names), backends=names)
 
 
 @get("/reconfigure/{backend:str}/status", sync_to_thread=True,
      summary="Reconfigurable adapters of one backend, with backend-local indexes",
      responses={200: openapi.json(BackendStatus, "the backend's reconfigurable adapters"), 400: BLANK})
-def reconfigure_status(engine: Engine, backend: FromPath[BackendPath]) -> dict[str, Any]:
+def reconfigure_status(engine: Engine, backend: FromPath[BackendPath]) -> BackendStatus:
     """Runs on a worker thread: an adapter's status may probe devices."""
     return _backend_status(engine, normalise(backend, "backend"))
 
