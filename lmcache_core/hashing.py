@@ -42,6 +42,7 @@ __all__ = [
     "NONE_HASH",
     "SUPPORTED_ALGORITHMS",
     "InvalidTokenError",
+    "PackedTokens",
     "TokenHasher",
     "TokenHashingError",
     "UnsupportedHashAlgorithmError",
@@ -179,12 +180,87 @@ def token_count(tokens: Tokens) -> int:
         raise InvalidTokenError(f"tokens must be a sequence of ints, got {type(tokens).__name__}") from None
 
 
+class PackedTokens(Sequence[int]):
+    """A token sequence held as its big-endian uint32 bytes (what :func:`pack_tokens` makes), immutable.
+
+    The data path decodes a request's token list straight into this form
+    (:mod:`lmcache_core.transport.tokens`): no Python int per token, and
+    :func:`pack_tokens` of it is the bytes themselves. It reads like a sequence
+    of ints (``len``, indexing, iteration, ``==`` with a list or tuple of the same
+    values); the int list is only built if someone indexes or iterates it.
+    ``hash_memo`` lets every request carrying the same tokens share one
+    computation of the chunk hashes (see :meth:`memo_hashes`).
+    """
+
+    __slots__ = ("_list", "_memo", "_n", "packed")
+
+    def __init__(self, packed: bytes) -> None:
+        if len(packed) % 4:
+            raise InvalidTokenError(f"packed tokens must be a multiple of 4 bytes, got {len(packed)}")
+        self.packed = packed
+        self._n = len(packed) // 4
+        self._list: list[int] | None = None
+        self._memo: tuple[Any, list[bytes]] | None = None
+
+    @classmethod
+    def of(cls, tokens: Tokens) -> PackedTokens:
+        """``tokens`` packed (raises :class:`InvalidTokenError` as :func:`pack_tokens` does)."""
+        return tokens if isinstance(tokens, PackedTokens) else cls(pack_tokens(tokens))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _values(self) -> list[int]:
+        if self._list is None:
+            values = array(_U32)
+            values.frombytes(self.packed)
+            if _SWAP:
+                values.byteswap()
+            self._list = values.tolist()
+        return self._list
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._values()[index]
+
+    def __iter__(self) -> Any:
+        return iter(self._values())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PackedTokens):
+            return self.packed == other.packed
+        if isinstance(other, (list, tuple)):
+            return len(other) == self._n and self._values() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable
+
+    def __repr__(self) -> str:
+        head = ", ".join(str(t) for t in self[:8])
+        return f"PackedTokens([{head}{', ...' if self._n > 8 else ''}], n={self._n})"
+
+    def memo_hashes(self, hasher: Any) -> list[bytes]:
+        """The chunk hashes from chunk 0 that ``hasher`` computed for these tokens so far (may be empty)."""
+        memo = self._memo
+        return memo[1] if memo is not None and memo[0] is hasher else []
+
+    def remember_hashes(self, hasher: Any, hashes: list[bytes]) -> None:
+        """Keep ``hashes`` (chunks 0..n-1 by ``hasher``) when longer than what is kept (one atomic swap)."""
+        memo = self._memo
+        if memo is None or memo[0] is not hasher or len(memo[1]) < len(hashes):
+            self._memo = (hasher, list(hashes))
+
+
 def pack_tokens(tokens: Tokens, start: int = 0, end: int | None = None) -> bytes:
     """``tokens[start:end]`` as big-endian uint32 bytes; raises :class:`InvalidTokenError`.
 
     A list is packed with ``array.fromlist`` (the fastest C path); other
-    sequences through the ``array`` constructor; torch tensors with tensor ops.
+    sequences through the ``array`` constructor; torch tensors with tensor ops;
+    :class:`PackedTokens` are already packed.
     """
+    if type(tokens) is PackedTokens:
+        n = len(tokens)
+        begin, stop, _ = slice(start, end).indices(n)  # exactly a list's slice
+        return tokens.packed if begin == 0 and stop == n else tokens.packed[begin * 4:max(begin, stop) * 4]
     count = token_count(tokens)
     if _is_tensor(tokens):
         return _pack_tensor(tokens, start, count if end is None else end)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lmcache_core.hashing import TokenHasher, Tokens, pack_tokens
+from lmcache_core.hashing import PackedTokens, TokenHasher, Tokens, pack_tokens
 
 __all__ = [
     "EXPIRED",
@@ -129,11 +129,23 @@ class Session:
             return self._get(start_token, end_token)
 
     def hashes_for(self, tokens: Tokens, start_token: int, end_token: int) -> list[bytes]:
-        """:meth:`set_tokens` then :meth:`get_hashes`, atomically."""
+        """:meth:`set_tokens` then :meth:`get_hashes`, atomically.
+
+        :class:`~lmcache_core.hashing.PackedTokens` carry the hashes other requests with the
+        same tokens computed (the data path decodes identical token lists into one object):
+        they are reused, and what this call computes is left there for the next request.
+        """
         packed = pack_tokens(tokens)
         with self._lock:
             self._replace(packed)
-            return self._get(start_token, end_token)
+            if type(tokens) is not PackedTokens:
+                return self._get(start_token, end_token)
+            memo = tokens.memo_hashes(self._hasher)
+            if len(memo) > len(self._hashes):  # same tokens from chunk 0: their hashes are ours
+                self._hashes = list(memo)
+            hashes = self._get(start_token, end_token)
+            tokens.remember_hashes(self._hasher, self._hashes)
+            return hashes
 
     # -- internals (lock held) -------------------------------------------------
 

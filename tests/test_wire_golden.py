@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from lmcache_core.hashing import PackedTokens
 from lmcache_core.transport import wire
 from lmcache_core.transport.messages import DeviceIPCWrapper, IPCCacheServerKey, RegisterKVCacheArgs
 from lmcache_core.transport.wire import MalformedKind, MalformedRequest, Op, Request
@@ -75,7 +76,7 @@ def match(ours: Any, golden: Any, path: str = "$") -> None:
     """
     if isinstance(golden, dict) and "$abbrev" in golden:
         count = int(golden["$abbrev"].split()[0])
-        assert isinstance(ours, list) and len(ours) == count, path
+        assert isinstance(ours, (list, PackedTokens)) and len(ours) == count, path
         assert ours[: len(golden["head"])] == golden["head"], path
         assert ours[len(ours) - len(golden["tail"]) :] == golden["tail"], path
     elif isinstance(golden, dict) and "$ext" in golden:
@@ -98,7 +99,8 @@ def match(ours: Any, golden: Any, path: str = "$") -> None:
         for key, value in items:
             match(value, golden[key], f"{path}.{key}")
     elif isinstance(golden, list):
-        assert isinstance(ours, (list, tuple)) and len(ours) == len(golden), path
+        # a key's token list decodes to PackedTokens, a read-only int sequence (transport/tokens.py)
+        assert isinstance(ours, (list, tuple, PackedTokens)) and len(ours) == len(golden), path
         for index, (a, b) in enumerate(zip(ours, golden)):
             match(a, b, f"{path}[{index}]")
     else:

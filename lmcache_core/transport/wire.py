@@ -57,8 +57,10 @@ from typing import Any, Literal, Union
 
 import msgspec
 
+from lmcache_core.hashing import PackedTokens
 from lmcache_core.transport import messages as m
 from lmcache_core.transport.messages import DeviceIPCWrapper, IPCDescriptor
+from lmcache_core.transport.tokens import KeyDecoder
 
 __all__ = [
     "DESCRIPTOR_EXT_CODE",
@@ -300,6 +302,8 @@ def _dec_hook(expected: type, obj: Any) -> Any:
 def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, DeviceIPCWrapper):
         return encode_descriptor(obj.descriptor)
+    if isinstance(obj, PackedTokens):  # a decoded key's token list, encoded again
+        return list(obj)
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
@@ -427,9 +431,11 @@ OP_SPECS: Mapping[Op, OpSpec] = MappingProxyType(
 """Signature of every :class:`Op` (tested to cover all of them)."""
 
 
-def _payload_decoder(tp: Any) -> msgspec.msgpack.Decoder:
+def _payload_decoder(tp: Any) -> msgspec.msgpack.Decoder | KeyDecoder:
     # Only descriptor lists need the ext/dec hooks; elsewhere an ext in an
     # ``Any`` position (request_configs) stays a plain msgspec Ext.
+    if tp is m.IPCCacheServerKey:  # the token list: decoded once per distinct list (transport/tokens.py)
+        return KeyDecoder()
     if tp == list[DeviceIPCWrapper]:
         return msgspec.msgpack.Decoder(tp, ext_hook=_ext_hook, dec_hook=_dec_hook)
     return msgspec.msgpack.Decoder(tp)
@@ -441,7 +447,7 @@ class _Codec:
 
     spec: OpSpec
     names: tuple[str, ...]
-    decoders: tuple[msgspec.msgpack.Decoder, ...]
+    decoders: tuple[msgspec.msgpack.Decoder | KeyDecoder, ...]
     coercions: tuple[type | None, ...]  # int/bool params are coerced before encoding, as the client does
     reply_decoder: msgspec.msgpack.Decoder | None
     reply_check: Any  # callable(value) -> None, raising ReplyTypeError
