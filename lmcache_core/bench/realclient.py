@@ -13,10 +13,13 @@ one up at a time, so neither shares the CPU with the other — and reports for e
   worker processes STORE and RETRIEVE continuously (``loaded``), and its ratio to
   the quiet p50.
 
-Rows: one per server (p50s are the median over the rounds; p99s the largest), and
-a comparison row; then, with 2 and 4 worker processes transferring at once, their
+Rows: one per server (p50s are the median over the rounds; p99s the largest), one for a
+server that answers every op at once without doing anything (:mod:`lmcache_core.bench.nullserver`:
+its ``lookup_hit_p50_over_floor`` is what the client and the wire alone cost), and a comparison
+row; then, with 2 and 4 worker processes transferring at once, their
 aggregate STORE and RETRIEVE GB/s beside the same number of processes doing raw
-torch copies of the same bytes (``datapath_real_client_workers``). Environment: ``LMCACHE_BENCH_ROUNDS`` (2), ``LMCACHE_BENCH_PROBE_LOOKUPS``
+torch copies of the same bytes (``datapath_real_client_workers``), each server with one
+transfer lane (both servers' default) and with one lane per worker (``--max-gpu-workers N``). Environment: ``LMCACHE_BENCH_ROUNDS`` (2), ``LMCACHE_BENCH_PROBE_LOOKUPS``
 (300), ``LMCACHE_BENCH_LAYERS`` (32).
 """
 
@@ -63,14 +66,15 @@ def scaling_probe(url: str, workers: int, layers: int, chunks: int, rounds: int)
                       "--rounds", str(rounds))
 
 
-def _server_cmd(name: str, zp: int, hp: int) -> tuple[list[str], dict[str, str]]:
+def _server_cmd(name: str, zp: int, hp: int, *extra: str) -> tuple[list[str], dict[str, str]]:
+    """The command of one of the two servers; ``extra`` are flags both take (``--max-gpu-workers N``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")}
     if name == "lmcache-server":
         return ([sys.executable, "-m", "lmcache_core.cli", "--host", "127.0.0.1", "--port", str(zp),
-                 "--http-port", str(hp), "--l1-size-gb", "4", "--log-level", "WARNING"], env)
+                 "--http-port", str(hp), "--l1-size-gb", "4", "--log-level", "WARNING", *extra], env)
     peer = peer_lmcache()
     assert peer is not None
-    return peer_server_cmd(peer, zp, hp, 4, "--supported-transfer-mode", "auto"), peer_env(env)
+    return peer_server_cmd(peer, zp, hp, 4, "--supported-transfer-mode", "auto", *extra), peer_env(env)
 
 
 def _merge(runs: list[dict[str, Any]], loaded: list[dict[str, Any]]) -> dict[str, Any]:
@@ -98,6 +102,25 @@ def _merge(runs: list[dict[str, Any]], loaded: list[dict[str, Any]]) -> dict[str
     return row
 
 
+def null_server_row(base: dict[str, Any], lookups: int) -> dict[str, Any]:
+    """The same probe against :mod:`lmcache_core.bench.nullserver` (answers at once, does nothing): what a
+    LOOKUP costs above two NOOPs in the client and on the wire alone, the floor under any server's ratio."""
+    zp = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lmcache_core.bench.nullserver", f"tcp://127.0.0.1:{zp}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # ZMQ connects lazily: the probe's first request waits for the bind
+        got = probe(f"tcp://127.0.0.1:{zp}", lookups, base["layers"])
+    except RuntimeError as exc:
+        return {**base, "server": "null (answers without work)", "error": str(exc)[-500:]}
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    row = {**base, "server": "null (answers without work)", **_merge([got], [])}
+    row.pop("hit_chunks", None)
+    row.pop("short_hits", None)
+    return row
+
+
 def run() -> list[dict[str, Any]]:
     base = {"bench": "datapath_real_client", "client": "lmcache 0.5.6 (peer venv)", "prefix_tokens": 2048,
             "layers": _env_int("LMCACHE_BENCH_LAYERS", 32), "heads": 8, "head_dim": 128, "dtype": "float16"}
@@ -121,20 +144,24 @@ def run() -> list[dict[str, Any]]:
     rows = [{**base, "server": name, "background_workers": background, **_merge(quiet[name], loaded[name])}
             for name in names]
     ours, theirs = rows
+    rows.append(null_server_row(base, lookups))
     rows.append({"bench": "datapath_real_client", "comparison": "lmcache-server / lmcache-0.5.6",
                  "noop_p50_ratio": round(ours["noop_p50_us"] / theirs["noop_p50_us"], 3),
                  "lookup_hit_p50_ratio": round(ours["lookup_hit_p50_us"] / theirs["lookup_hit_p50_us"], 3),
                  "lookup_miss_p50_ratio": round(ours["lookup_miss_p50_us"] / theirs["lookup_miss_p50_us"], 3)})
     # Tensor parallelism: N workers storing and retrieving their shards at the same moment.
     chunks, sc_rounds = _env_int("LMCACHE_BENCH_SCALING_CHUNKS", 4), _env_int("LMCACHE_BENCH_SCALING_ROUNDS", 3)
+    # Each server once with its default single transfer lane, once with a lane per worker
+    # (``--max-gpu-workers N``, a flag both take): one lane serialises the workers' copies.
     for workers in (2, 4):
-        for name in names:
-            zp, hp = free_port(), free_port()
-            cmd, env = _server_cmd(name, zp, hp)
-            with server_process(cmd, f"http://127.0.0.1:{hp}/healthcheck", env=env):
-                got = scaling_probe(f"tcp://127.0.0.1:{zp}", workers, base["layers"], chunks, sc_rounds)
-            rows.append({"bench": "datapath_real_client_workers", "server": name, "chunks_per_round": chunks,
-                         "rounds": sc_rounds, **got})
+        for lanes in (1, workers):
+            for name in names:
+                zp, hp = free_port(), free_port()
+                cmd, env = _server_cmd(name, zp, hp, "--max-gpu-workers", str(lanes))
+                with server_process(cmd, f"http://127.0.0.1:{hp}/healthcheck", env=env):
+                    got = scaling_probe(f"tcp://127.0.0.1:{zp}", workers, base["layers"], chunks, sc_rounds)
+                rows.append({"bench": "datapath_real_client_workers", "server": name, "transfer_lanes": lanes,
+                             "chunks_per_round": chunks, "rounds": sc_rounds, **got})
     return rows
 
 
