@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 from dash_support import make_live
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmcache_core.strategies import http_requests
@@ -42,6 +42,8 @@ def test_every_base_url_is_accepted(scheme: str, host: str, port: int | None, pa
 
 @settings(max_examples=500, deadline=None)
 @given(text=st.one_of(URLISH, st.builds(lambda s, r: s + r, st.sampled_from(["http://", "https://"]), URLISH)))
+@example(text="http://[0]")  # urlsplit: brackets hold an IPv6 address (hypothesis found this one)
+@example(text="http://[1.2.3.4]")
 def test_what_is_accepted_is_a_usable_base_url(text: str) -> None:
     if not _accepted(text):
         return

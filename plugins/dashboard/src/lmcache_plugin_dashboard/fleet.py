@@ -68,8 +68,26 @@ class FleetData(msgspec.Struct):
 
 
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
+_HEXTET = r"[0-9A-Fa-f]{1,4}"
+_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = rf"({_OCTET}\.){{3}}{_OCTET}"
+
+
+def _ipv6() -> str:
+    """An IPv6 address as ``ipaddress`` (and so ``urlsplit``) reads it: eight groups, or fewer around
+    one ``::`` standing for at least one; an IPv4 address may stand for the last two groups."""
+    forms = [rf"({_HEXTET}:){{6}}({_HEXTET}:{_HEXTET}|{_IPV4})"]
+    for left in range(8):  # groups before the "::"
+        tails = [rf"{_HEXTET}(:{_HEXTET}){{0,{6 - left}}}"] if left < 7 else []
+        if left <= 5:
+            tails.append(rf"({_HEXTET}:){{0,{5 - left}}}{_IPV4}")
+        head = rf"({_HEXTET}:){{{left}}}:" if left else "::"
+        forms.append(head + (f"({'|'.join(tails)})?" if tails else ""))
+    return "|".join(f"({form})" for form in forms)
+
+
 PEER_URL = msgspec.Meta(
-    pattern=rf"^https?://(\[[0-9A-Fa-f:.]+\]|[^/?#@\s:\[\]]+)(:{_PORT})?(/[^?#\s]*)?$",
+    pattern=rf"^https?://(\[({_ipv6()})\]|[^/?#@\s:\[\]]+)(:{_PORT})?(/[^?#\s]*)?$",
     description="an http(s):// base URL with a host, an optional port (1-65535) and path; "
                 "no query, fragment or credentials")
 """What ``--dashboard-peer`` accepts (checked when the options are parsed: a usage error otherwise)."""
