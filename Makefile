@@ -17,7 +17,7 @@ RUN_ARGS  ?= --http-host $(HTTP_HOST) --http-port $(HTTP_PORT) --l1-size-gb 1 \
              --l2-adapter '{"type":"fs","base_path":".lmcache"}'
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench soak interop dist clean
+.PHONY: install run test test-thirdparty bench soak interop dist clean
 
 install: $(STAMP)
 
@@ -36,6 +36,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The core's whole suite with a third-party plugin installed (issue 16; ~15 min): wheels of the core
+# and of every plugin (make dist) and of acme-lmcache (a plugin written from the docs) in a fresh
+# venv, nothing editable; only torch and the other third-party dependencies come from .venv.
+# tests/thirdparty_env.py builds it (so does tests/test_third_party_plugin.py) and runs pytest there.
+test-thirdparty: $(STAMP)
+	$(BIN)/python tests/thirdparty_env.py $(PYTEST_ARGS)
 
 # The reliability campaign (issue 18): 10 minutes of load, faults and checks; one JSON report.
 SOAK_SECONDS ?= 600

@@ -1,4 +1,4 @@
-"""Shared fixtures: throwaway plugin distributions discovered through real entry points."""
+"""Shared fixtures: throwaway plugin distributions discovered through real entry points; the wheels."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import support  # noqa: F401  (puts the fixture plugins on sys.path)
+import thirdparty_env
 from lmcache_core.testing import write_dist
 
 
@@ -23,3 +24,9 @@ def fake_dists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
 
     add.root = root  # type: ignore[attr-defined]
     yield add
+
+
+@pytest.fixture(scope="session")
+def dist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``make dist`` into a temporary folder, once a session (test_wheels, test_third_party_plugin)."""
+    return thirdparty_env.build_dist(tmp_path_factory.mktemp("dist"))

@@ -32,26 +32,14 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from lmcache_core.testing import free_port, wait_http
+from thirdparty_env import ROOT, VERSION, distributions, project, wheel_path
 
-ROOT = Path(__file__).resolve().parents[1]
-VERSION = (ROOT / "VERSION").read_text().strip()
 # Plugins that are tools for testing, not features: an extra of their own, not part of [all].
 TESTING_ONLY = {"lmcache-plugin-fault-inject"}
 CHOSEN = ("health", "l2")  # entry-point names; their distributions are lmcache-plugin-<name>
 # A GET route of each plugin not chosen: each must be 404 on the server with only CHOSEN.
 OTHER_ROUTES = ["/metrics", "/status", "/conf", "/version", "/quota", "/reconfigure/backends", "/threads"]
 CHOSEN_ROUTES = {"/healthcheck": 200, "/l2/adapters": 200}
-
-
-def _project(directory: Path) -> dict:
-    return tomllib.loads((directory / "pyproject.toml").read_text())["project"]
-
-
-def distributions() -> dict[str, Path]:
-    """Every distribution in the repository (name → directory), the core first; not the template."""
-    dirs = [ROOT] + sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml") if p.parent.name != "_template")
-    dirs += sorted(p.parent for p in ROOT.glob("lmcache_plugin_*/pyproject.toml"))
-    return {_project(d)["name"]: d for d in dirs}
 
 
 def test_every_distribution_takes_its_version_from_the_version_file():
@@ -63,27 +51,12 @@ def test_every_distribution_takes_its_version_from_the_version_file():
 
 
 def test_core_extras_name_every_plugin_distribution():
-    extras = {canonicalize_name(k): v for k, v in _project(ROOT)["optional-dependencies"].items()}
+    extras = {canonicalize_name(k): v for k, v in project(ROOT)["optional-dependencies"].items()}
     plugins = set(distributions()) - {"lmcache-core"}
     for name in plugins:
         short = name.removeprefix("lmcache-plugin-")
         assert extras[canonicalize_name(short)] == [name]
     assert set(extras["all"]) == plugins - TESTING_ONLY
-
-
-@pytest.fixture(scope="module")
-def dist_dir(tmp_path_factory) -> Path:
-    """``make dist`` into a temporary folder, with the Python running the tests."""
-    out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run(
-        ["make", "-s", "-o", ".venv/.installed", "dist", f"DIST={out}", f"BIN={Path(sys.executable).parent}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
-
-
-def _wheel(dist: Path, name: str) -> Path:
-    return dist / f"{name.replace('-', '_')}-{VERSION}-py3-none-any.whl"
 
 
 def _metadata(wheel: Path) -> email.message.Message:
@@ -95,10 +68,10 @@ def _metadata(wheel: Path) -> email.message.Message:
 @pytest.mark.slow
 def test_make_dist_builds_a_wheel_and_an_sdist_of_every_distribution(dist_dir):
     for name in distributions():
-        assert _wheel(dist_dir, name).is_file(), name
+        assert wheel_path(dist_dir, name).is_file(), name
         assert (dist_dir / f"{name.replace('-', '_')}-{VERSION}.tar.gz").is_file(), name
-        assert _metadata(_wheel(dist_dir, name))["Version"] == VERSION
-    core = _metadata(_wheel(dist_dir, "lmcache-core"))
+        assert _metadata(wheel_path(dist_dir, name))["Version"] == VERSION
+    core = _metadata(wheel_path(dist_dir, "lmcache-core"))
     assert {"fs", "s3", "all"} <= set(core.get_all("Provides-Extra"))
     by_extra = {}
     for line in core.get_all("Requires-Dist"):
@@ -153,7 +126,7 @@ def test_core_then_two_plugins_from_wheels_only_in_a_fresh_venv(dist_dir, tmp_pa
     base_env["PATH"] = f"{env_dir / 'bin'}:/usr/bin:/bin"
     base_env["HOME"] = str(tmp_path)
     base_env["PIP_CACHE_DIR"] = os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
-    core_wheel = _wheel(dist_dir, "lmcache-core")
+    core_wheel = wheel_path(dist_dir, "lmcache-core")
 
     # 1. Third-party dependencies from the package index; 2. the core from dist/ only.
     # --no-compile: no .pyc for torch's thousands of modules up front (the slowest part of the install).
