@@ -173,3 +173,27 @@ def test_console_script_is_installed():
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60,
                           env={k: v for k, v in os.environ.items() if not k.startswith("LMCACHE_")})
     assert proc.returncode == 0 and proc.stdout.startswith("lmcache-server ")
+
+
+FREEZE_PROBE = """
+import gc, os, signal, sys, threading
+from lmcache_core import cli
+from lmcache_core.testing import wait_http
+
+def probe():
+    wait_http(f"http://127.0.0.1:{sys.argv[1]}/healthcheck")
+    print("frozen", gc.get_freeze_count(), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=probe, daemon=True).start()
+sys.exit(cli.main(["--http-port", sys.argv[1], "--port", sys.argv[2], "--l1-size-gb", "0.02"]))
+"""
+
+
+def test_the_served_process_freezes_its_start_up_heap_out_of_the_cyclic_gc():
+    """Once started, what start-up built is out of the GC's generations (full passes skip it)."""
+    out = subprocess.run([sys.executable, "-c", FREEZE_PROBE, str(free_port()), str(free_port())],
+                         capture_output=True, text=True, timeout=120, env=subprocess_env([]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    frozen = int(out.stdout.split("frozen", 1)[1].split()[0])
+    assert frozen > 10_000  # torch, the plugins and the engine: tens of thousands of objects
