@@ -202,11 +202,6 @@ class PackedTokens(Sequence[int]):
         self._list: list[int] | None = None
         self._memo: tuple[Any, list[bytes]] | None = None
 
-    @classmethod
-    def of(cls, tokens: Tokens) -> PackedTokens:
-        """``tokens`` packed (raises :class:`InvalidTokenError` as :func:`pack_tokens` does)."""
-        return tokens if isinstance(tokens, PackedTokens) else cls(pack_tokens(tokens))
-
     def __len__(self) -> int:
         return self._n
 

@@ -18,7 +18,7 @@ import zmq
 
 from lmcache_core.hashing import DEFAULT_CHUNK_SIZE
 from lmcache_core.transport import messages as m
-from lmcache_core.transport.wire import OP_SPECS, Op, decode_operation
+from lmcache_core.transport.wire import OP_SPECS, MalformedRequest, Op, decode_operation
 
 PREFIX_CHUNKS = 8  # what the probe's 2048-token prefix hits on a real server
 
@@ -40,26 +40,27 @@ def canned_replies(hit_chunks: int = PREFIX_CHUNKS) -> dict[Op, bytes | None]:
 def serve(url: str, max_requests: int | None = None) -> None:
     """Answer requests on ``url`` until killed (or after ``max_requests``)."""
     replies = canned_replies()
-    error = msgspec.msgpack.encode("error")
+    error, unsupported = msgspec.msgpack.encode("error"), msgspec.msgpack.encode({"error": "unsupported"})
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(url)
     served = 0
     while max_requests is None or served < max_requests:
         frames = sock.recv_multipart()
+        served += 1
         identity, uid, op_frame = frames[0], frames[1], frames[2]
         try:
-            reply = replies.get(decode_operation(op_frame), b"")
-        except Exception:  # noqa: BLE001 - a frame we cannot name: the error reply
-            sock.send_multipart([identity, uid, error, msgspec.msgpack.encode({"error": "unsupported"})])
+            op: Op | None = decode_operation(op_frame)
+        except MalformedRequest:  # a frame we cannot name
+            op = None
+        if op not in replies:  # unnamed, or a reply type it has no canned value for
+            sock.send_multipart([identity, uid, error, unsupported])
             continue
-        if reply == b"":
-            sock.send_multipart([identity, uid, error, msgspec.msgpack.encode({"error": "unsupported"})])
-        elif reply is None:
+        reply = replies[op]
+        if reply is None:
             sock.send_multipart([identity, uid, op_frame])
         else:
             sock.send_multipart([identity, uid, op_frame, reply])
-        served += 1
 
 
 if __name__ == "__main__":

@@ -358,8 +358,6 @@ class RegisteredKVCache:
         everything before copying anything.
         """
         self._check_open()
-        if skip_first_n_tokens < 0:
-            raise BlockIdError(f"skip_first_n_tokens must be non-negative, got {skip_first_n_tokens}")
         self.scatter_planned(self.plan_blocks(block_ids, len(objs)), objs, skip_first_n_tokens)
 
     def scatter_planned(self, plan: BlockPlan, objs: Sequence[torch.Tensor | None],

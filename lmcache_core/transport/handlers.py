@@ -33,15 +33,13 @@ from lmcache_core.transport.errors import RequestRejected
 from lmcache_core.transport.limits import SECTION as LIMITS_SECTION
 from lmcache_core.transport.limits import SecurityConfig
 from lmcache_core.transport.lookup import LookupOps
-from lmcache_core.transport.transfers import DONE, Transfers
-from lmcache_core.transport.wire import FAILED_TRANSFER, OP_SPECS, Op
+from lmcache_core.transport.transfers import Transfers
+from lmcache_core.transport.wire import OP_SPECS, Op
 from lmcache_core.transport.workers import WorkerRegistry
 from lmcache_core.transport.zmq_server import HandlerSpec
 
 if TYPE_CHECKING:
     from lmcache_core.server import CacheServer
-
-__all__ = ["DONE", "FAILED_TRANSFER", "DataPath", "RequestRejected"]
 
 Handler = Callable[[Any, bytes], Any]
 
@@ -163,12 +161,9 @@ class DataPath:
             self.sessions.remove(request_id)
 
     def report_status(self) -> dict[str, Any]:
-        status = self.workers.status(self.chunk_size)
-        connections = status.pop("connections")
-        status["lookup_locked_objects"] = self.lookups.locked_object_count()
-        status["connections"] = connections
-        status["active_prefetch_jobs"] = self.lookups.pending_results()
-        return status
+        return {**self.workers.status(), "lookup_locked_objects": self.lookups.locked_object_count(),
+                "connections": self.workers.connection_count(),
+                "active_prefetch_jobs": self.lookups.pending_results()}
 
     def close(self) -> None:
         self.workers.close()

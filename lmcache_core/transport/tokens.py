@@ -63,7 +63,7 @@ class TokenListCache:
             tokens = PackedTokens(pack_tokens(values))
         except InvalidTokenError:
             return values  # a token past uint32: the op refuses it in-band, as it always did
-        cost = 2 * len(raw) + len(tokens.packed)
+        cost = len(raw) + len(tokens.packed)  # the key bytes and the packed tokens it keeps
         with self._lock:
             self.misses += 1
             if cost > self.max_bytes // 4 or raw in self._entries:
@@ -72,13 +72,8 @@ class TokenListCache:
             self._bytes += cost
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
                 old_raw, old = self._entries.popitem(last=False)
-                self._bytes -= 2 * len(old_raw) + len(old.packed)
+                self._bytes -= len(old_raw) + len(old.packed)
         return tokens
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
 
 
 TOKEN_LISTS = TokenListCache()

@@ -328,13 +328,16 @@ class WorkerRegistry:
             release(ident, looked_up)
         return dead
 
-    def status(self, chunk_size: int) -> dict[str, Any]:
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def status(self) -> dict[str, Any]:
         """The registration part of the data path's status (``/status``, ``/kvcache/check``)."""
         with self._lock:
             workers = dict(self._workers)
             layouts = dict(self._layouts)
             engine_driven = dict(self._engine_driven)
-            connections = len(self._connections)
+        chunk_size = self.chunk_size
         return {
             "registered_gpu_ids": sorted(workers),
             "registered_non_cuda_instance_ids": sorted(engine_driven),
@@ -353,7 +356,6 @@ class WorkerRegistry:
             },
             "registered_layouts": [{"model_name": k[0], "world_size": k[1], "registrations": v}
                                    for k, v in sorted(layouts.items())],
-            "connections": connections,
         }
 
     def close(self) -> None:
