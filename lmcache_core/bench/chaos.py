@@ -103,7 +103,7 @@ class WorkerHandle:
             if kind == "ready":
                 self.shm = ev["shm"]
                 self.ready.set()
-            if kind in ("error", "error_reply", "shrunk", "dying"):
+            if kind in ("error", "error_reply", "shrunk", "dying", "wrong_chunk"):
                 self.events.append(ev)
             if kind in ("final", "error"):
                 self.finished.set()
@@ -551,7 +551,9 @@ class Chaos:
             rss_growth_ex_l1 = ((rss_100[0] - rss_100[2]) - (rss_25[0] - rss_25[2])) / (rss_25[0] - rss_25[2])
         failures = []
         if stats["wrong_bytes"]:
-            failures.append(f"{stats['wrong_bytes']} wrong bytes in {stats['wrong_chunks']} chunks")
+            wrong = [ev for w in self.retired for ev in w.events if ev["kind"] == "wrong_chunk"]
+            failures.append(f"{stats['wrong_bytes']} wrong bytes in {stats['wrong_chunks']} chunks; "
+                            f"the first ones (unix time; server.log times the faults): {wrong[:8]}")
         if stats["chunks_verified"] == 0:
             failures.append("no chunk was ever verified")
         if self.http_5xx:

@@ -23,6 +23,7 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -127,6 +128,7 @@ class KVWorker:
                    for mdl in MODELS if not mdl.engine_driven}
         self.client = LMCacheClient(url, timeout_s=timeout_s)
         self.stats: Counter[str] = Counter()
+        self.wrong: list[dict[str, Any]] = []  # each wrong chunk, for the harness to report (then emptied)
 
     def shm_names(self) -> list[str]:
         return [d.descriptor.shm_name for kv in self.kv.values() for d in kv.descriptors()]
@@ -234,6 +236,8 @@ class KVWorker:
             if bad:
                 self.stats["wrong_bytes"] += bad
                 self.stats["wrong_chunks"] += 1
+                self.wrong.append({"model": mdl.name, "engine_driven": mdl.engine_driven, "salt": salt, "rid": rid,
+                                   "chunk": i, "hits": hits, "wrong_bytes": bad, "at": time.time()})
 
     def store_key(self, mdl: Model, salt: str, tokens: list[int], rid: str, first: int, n: int) -> m.IPCCacheServerKey:
         return make_key(tokens, rid, model_name=mdl.name, worker_id=0, start=first * CHUNK, end=n * CHUNK,

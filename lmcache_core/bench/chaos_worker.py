@@ -86,6 +86,8 @@ class ChaosWorker:
 
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
+        while self.kv.wrong:  # which chunks, on which path: what a failed run must tell
+            emit("wrong_chunk", **self.kv.wrong.pop(0))
         wrong = self.kv.stats["wrong_bytes"]
         if force or wrong != self._wrong_seen or now - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats, self._wrong_seen = now, wrong
