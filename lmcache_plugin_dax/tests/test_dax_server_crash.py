@@ -108,12 +108,17 @@ def get_json(url: str) -> Any:
 
 
 def writing(http_port: int) -> bool:
-    """Whether the server is inside a slot write right now."""
+    """Whether the server is inside a slot write right now, with at least two slots already committed.
+
+    (Killing during the very first write would leave one valid slot or none, too few for the
+    checks below to say anything.)
+    """
     try:
         doc = get_json(f"http://127.0.0.1:{http_port}/reconfigure/dax/status")
     except OSError:
         return False
-    return any(d["inflight_store_count"] for d in doc["adapters"][0]["status"]["devices"])
+    devices = doc["adapters"][0]["status"]["devices"]
+    return any(d["inflight_store_count"] for d in devices) and sum(d["live_slot_count"] for d in devices) >= 2
 
 
 def kill_inside_write(proc: subprocess.Popen[bytes], http_port: int, spin_s: float) -> bool:
