@@ -178,14 +178,100 @@ def test_read_locks_count_and_block_delete(l1: L1Manager) -> None:
     assert k not in l1 and l1.get_memory_usage()[0] == 0
 
 
-def test_forced_delete_removes_locked_keys(l1: L1Manager) -> None:
+def test_forced_delete_removes_locked_keys_and_frees_them_when_their_holders_let_go(l1: L1Manager) -> None:
     a, b = keys(2)
     stored(l1, [a])
     l1.reserve_read([a])
     l1.reserve_write([b], OBJ)
     assert l1.delete([a, b]) == [R.KEY_IS_LOCKED] * 2
     assert l1.delete([a, b], force=True) == [R.SUCCESS] * 2
-    assert len(l1) == 0 and l1.get_memory_usage()[0] == 0
+    assert len(l1) == 0 and a not in l1 and b not in l1
+    assert l1.delete([a, b], force=True) == [R.KEY_NOT_EXIST] * 2  # already gone
+    assert l1.get_memory_usage()[0] == 2 * SLOT  # still held by the reader and the writer
+    assert l1.report_status()["retired_object_count"] == 2
+    assert l1.finish_read([a]) == [R.SUCCESS]
+    assert l1.finish_write([b]) == [R.KEY_NOT_EXIST]  # the write is dropped: the removal won
+    assert l1.get_memory_usage()[0] == 0 and l1.report_status()["retired_object_count"] == 0
+
+
+def test_forced_clear_never_hands_memory_in_use_to_a_new_object(l1: L1Manager, rec: Recorder) -> None:
+    """A RETRIEVE copying out, the L2 write-behind reading, a STORE writing: a clear under them
+    must not let a new STORE reuse their memory (LMCache's force clear does; a retrieved byte
+    could then differ from the stored one)."""
+    reader_keys, writer_keys = keys(3), keys(2, start=10)
+    payloads = [torch.randint(0, 256, (OBJ,), dtype=torch.uint8) for _ in reader_keys]
+    _, views = l1.reserve_write(reader_keys, OBJ)
+    for v, p in zip(views, payloads):
+        assert v is not None
+        v.copy_(p)
+    stored_views = views
+    l1.finish_write(reader_keys)
+    assert l1.reserve_read(reader_keys) == [R.SUCCESS] * 3
+    _, held = l1.read(reader_keys)
+    _, writing = l1.reserve_write(writer_keys, OBJ)
+    rec.take()
+
+    assert l1.clear(force=True) == 5
+    assert rec.take() == [("deleted", reader_keys + writer_keys)]
+    assert len(l1) == 0 and not any(k in l1 for k in reader_keys + writer_keys)
+    # Gone for everyone else: no new read lock, no new STORE of the key, no touch, not evictable.
+    assert l1.reserve_read(reader_keys) == [R.KEY_NOT_EXIST] * 3
+    assert l1.reserve_write(reader_keys, OBJ).results == [R.KEY_NOT_WRITABLE] * 3
+    assert l1.touch(reader_keys) == [R.KEY_NOT_EXIST] * 3
+    assert not any(l1.is_key_evictable(k) for k in reader_keys)
+
+    # Fill the rest of the arena with new objects: none lands on memory still in use.
+    busy = [(v.data_ptr(), v.data_ptr() + SLOT) for v in [*held, *writing] if v is not None]
+    new = keys(16 * MiB // SLOT, start=100)
+    res, new_views = l1.reserve_write(new, OBJ)
+    assert res.count(R.SUCCESS) == 16 * MiB // SLOT - 5 and res[-5:] == [R.OUT_OF_MEMORY] * 5
+    for v in new_views:
+        if v is not None:
+            assert all(v.data_ptr() + SLOT <= lo or v.data_ptr() >= hi for lo, hi in busy)
+            v.fill_(0xEE)
+    assert l1.finish_write([k for k, r in zip(new, res) if r == R.SUCCESS]).count(R.SUCCESS) == len(new) - 5
+    # The holders still read (and write) their own bytes.
+    again = l1.read(reader_keys)
+    assert again.results == [R.SUCCESS] * 3
+    for v, old, p in zip(again.views, stored_views, payloads):
+        assert v is not None and old is not None and v.data_ptr() == old.data_ptr() and torch.equal(v, p)
+    assert l1.memcheck() == []
+    # Letting go frees them; nobody is told twice.
+    assert l1.finish_read(reader_keys) == [R.SUCCESS] * 3
+    assert l1.finish_write(writer_keys) == [R.KEY_NOT_EXIST] * 2
+    assert l1.report_status()["retired_object_count"] == 0
+    assert all(event != "deleted" for event, _ in rec.take())
+    assert l1.reserve_write(reader_keys, OBJ).results == [R.SUCCESS] * 3  # the key can be stored again
+
+
+def test_a_retired_object_whose_holder_vanished_is_freed_when_the_lock_expires(
+        l1: L1Manager, clock: FakeClock) -> None:
+    a, b = keys(2)
+    stored(l1, [a])
+    l1.reserve_read([a])
+    l1.reserve_write([b], OBJ)
+    l1.clear(force=True)
+    assert l1.get_memory_usage()[0] == 2 * SLOT
+    clock.advance(301)  # the read lock expired; the write lock (600 s) not yet
+    assert l1.reserve_write([a], OBJ).results == [R.SUCCESS]  # reclaimed on the way: a can be stored again
+    assert l1.report_status()["retired_object_count"] == 1
+    clock.advance(300)
+    assert l1.report_status()["retired_object_count"] == 0
+    assert l1.get_memory_usage()[0] == SLOT  # only the new a
+
+
+def test_abandon_write_frees_a_writers_own_reservation(l1: L1Manager, rec: Recorder) -> None:
+    a, b, c = keys(3)
+    stored(l1, [c])
+    l1.reserve_write([a, b], OBJ)
+    rec.take()
+    assert l1.abandon_write([a, c, keys(1, start=9)[0]]) == [R.SUCCESS, R.KEY_IN_WRONG_STATE, R.KEY_NOT_EXIST]
+    assert rec.take() == [("deleted", [a])]
+    l1.clear(force=True)  # b retired (its writer still holds it), c freed
+    rec.take()
+    assert l1.abandon_write([b]) == [R.SUCCESS]  # the writer gives up: freed at once, not reported again
+    assert rec.take() == []
+    assert l1.get_memory_usage()[0] == 0 and l1.report_status()["retired_object_count"] == 0
 
 
 def test_lock_count_bounds(l1: L1Manager) -> None:
@@ -229,7 +315,7 @@ def test_out_of_memory_is_prefix_partial_and_reserves_nothing_for_the_rest(clock
         assert rec.take() == [("created", ks[1:4])]
         assert sample("lmcache_mp_l1_allocation_failure_total", {"during": "l1_store"}) == before + 2
         # Nothing half-reserved: freeing the reserved ones leaves room for exactly those.
-        assert l1.delete(ks[1:4], force=True) == [R.SUCCESS] * 3
+        assert l1.abandon_write(ks[1:4]) == [R.SUCCESS] * 3
         assert l1.reserve_write(ks[3:6], OBJ).results == [R.SUCCESS] * 3
         assert l1.reserve_write(keys(1, start=50), OBJ).results == [R.OUT_OF_MEMORY]
         assert l1.memcheck() == []
@@ -447,8 +533,11 @@ def test_clear_keeps_locked_objects_unless_forced(l1: L1Manager, rec: Recorder) 
     assert rec.take() == [("deleted", [free])]
     assert len(l1) == 2
     assert l1.clear(force=True) == 2
-    assert len(l1) == 0 and l1.get_memory_usage()[0] == 0
+    assert len(l1) == 0 and l1.get_memory_usage()[0] == 2 * SLOT  # retired until their holders let go
     assert sorted(rec.take()[0][1], key=lambda k: k.chunk_hash) == [read_locked, writing]
+    l1.finish_read([read_locked])
+    l1.finish_write([writing])
+    assert l1.get_memory_usage()[0] == 0
 
 
 def test_usage_by_salt(l1: L1Manager) -> None:
@@ -462,7 +551,7 @@ def test_usage_by_salt(l1: L1Manager) -> None:
     assert l1.get_memory_usage()[0] == 7 * SLOT + 4 * KiB
     l1.delete(b)
     assert l1.usage_by_salt() == {"alice": 3 * SLOT, "": 4 * KiB}
-    l1.delete(d, force=True)
+    l1.abandon_write(d)
     l1.delete(a)
     assert l1.usage_by_salt() == {}
 

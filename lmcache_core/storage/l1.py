@@ -25,12 +25,21 @@ flag byte): about 80 bytes per object on CPython 3.11, key not included
 are kept only for objects that hold a lock, in two small dicts, since at any
 moment only the objects of in-flight requests are locked.
 
+Forced removal (``delete(force=True)``, ``clear(force=True)``: ``POST /clear-cache``)
+removes a locked object from view at once (lookups miss it, listeners see it
+deleted, a new STORE of its key is skipped) but *retires* it rather than freeing
+it: whoever holds its lock (a RETRIEVE copying out, the L2 write-behind reading
+it, a STORE or prefetch writing it) keeps valid memory until it lets go
+(``finish_read``, ``finish_write``, ``abandon_write``) or the lock expires; only
+then is the memory reused. LMCache's force clear frees locked memory outright,
+so a copy in flight can read or write memory a new object already owns; here a
+clear can never make a retrieved byte differ from the stored one.
+
 Concurrency: one mutex guards all state; every operation is atomic over its
 key list and holds it only for bookkeeping. Tensor views are created after the
 mutex is released (a live reservation or read lock keeps the memory from being
-reused; only a ``force`` delete breaks that promise). Listeners run under the
-mutex, after the state change, and must not block or call back into the
-manager.
+reused, forced removal included). Listeners run under the mutex, after the
+state change, and must not block or call back into the manager.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ MAX_READ_LOCKS = 128
 
 _WRITING = 1  # reserved for writing, not yet admitted; invisible to readers
 _TEMPORARY = 2  # freed after its last reader; never reported as write-finished
+_RETIRED = 4  # force-removed while locked: invisible, freed when its lock is dropped or expires
 
 
 class L1Result(IntEnum):
@@ -132,7 +142,8 @@ class L1Manager:
     ``reserve_read(keys, n)``                READY -> ``n`` more read locks; absent/WRITING: KEY_NOT_EXIST
     ``read(keys)``                           views of read-locked keys; else KEY_NOT_READABLE
     ``finish_read(keys, n)``                 drop ``n`` read locks; not locked: KEY_IN_WRONG_STATE
-    ``delete(keys, force)``                  drop unlocked keys; locked: KEY_IS_LOCKED unless forced
+    ``delete(keys, force)``                  drop unlocked keys; locked: KEY_IS_LOCKED, or retired if forced
+    ``abandon_write(keys)``                  WRITING -> absent (a writer giving up its own reservation)
     ``touch(keys)``                          mark keys used (listeners only)
     ======================================  =====================================================
 
@@ -208,6 +219,9 @@ class L1Manager:
         self._lock_expiry: dict[int, float] = {}
         self._temporary_count = 0
         self._salt_bytes: dict[str, int] = {}
+        # Retired objects (force-removed while locked): id -> key. They stay in the index, so a key
+        # never has two objects, but every operation treats them as absent except their holders'.
+        self._retired: dict[int, Any] = {}
         if enable_metrics:
             metrics.bind_l1(self)
 
@@ -245,8 +259,11 @@ class L1Manager:
         """Free object ``oid`` (stored under ``key``) and forget it; returns ``key``."""
         del self._index[key]
         self._alloc.free_offset(self._slot[oid] * self.align_bytes)
-        if self._flags[oid] & _TEMPORARY:
+        flags = self._flags[oid]
+        if flags & _TEMPORARY:
             self._temporary_count -= 1
+        if flags & _RETIRED:
+            del self._retired[oid]
         salt = key.cache_salt
         left = self._salt_bytes[salt] - self._alloc.aligned_size(self._nbytes[oid])
         if left:
@@ -262,6 +279,19 @@ class L1Manager:
         """Whether ``oid`` holds a live (unexpired) lock."""
         exp = self._lock_expiry.get(oid)
         return exp is not None and exp > now
+
+    def _remove(self, oid: int, key: Any, now: float) -> None:
+        """Take ``key`` out of view: freed now if unlocked, else retired until its holders let go."""
+        if self._locked(oid, now):
+            self._flags[oid] |= _RETIRED
+            self._retired[oid] = key
+        else:
+            self._release(oid, key)
+
+    def _reclaim(self, now: float) -> None:
+        """Free the retired objects whose lock has expired (their holders died or stalled)."""
+        for oid, key in [(o, k) for o, k in self._retired.items() if not self._locked(o, now)]:
+            self._release(oid, key)
 
     def _set_lock(self, oid: int, count: int, expiry: float) -> None:
         self._lock_count[oid] = count
@@ -290,6 +320,8 @@ class L1Manager:
             self._check_open()
             now = self._clock()
             expiry = now + self.write_ttl_seconds
+            if self._retired:
+                self._reclaim(now)
             index = self._index
             pending: dict[Any, int] = {}  # new keys of this call -> position
             taken_over: list[Any] = []
@@ -300,6 +332,8 @@ class L1Manager:
                     if key not in pending:
                         pending[key] = pos
                     continue
+                if self._flags[oid] & _RETIRED:
+                    continue  # still held by a copy from before a forced removal: KEY_NOT_WRITABLE
                 if not (self._flags[oid] & _WRITING) or self._locked(oid, now):
                     continue  # resident, or a live reservation: KEY_NOT_WRITABLE
                 # Expired reservation: take it over.
@@ -380,6 +414,10 @@ class L1Manager:
                     results.append(_R.KEY_NOT_EXIST)
                     continue
                 f = flags_of[oid]
+                if f & _RETIRED and f & _WRITING:  # force-removed while being written: the write is dropped
+                    self._release(oid, key)
+                    results.append(_R.KEY_NOT_EXIST)
+                    continue
                 if not f & _WRITING:
                     results.append(_R.KEY_IN_WRONG_STATE)
                     continue
@@ -415,6 +453,10 @@ class L1Manager:
                     results.append(_R.KEY_NOT_EXIST)
                     continue
                 f = self._flags[oid]
+                if f & _RETIRED and f & _WRITING:  # force-removed while being loaded: dropped
+                    self._release(oid, key)
+                    results.append(_R.KEY_NOT_EXIST)
+                    continue
                 if not f & _WRITING:
                     results.append(_R.KEY_IN_WRONG_STATE)
                     continue
@@ -441,7 +483,7 @@ class L1Manager:
             count, exp = self._lock_count, self._lock_expiry
             for key in keys:
                 oid = self._index.get(key)
-                if oid is None or self._flags[oid] & _WRITING:
+                if oid is None or self._flags[oid] & (_WRITING | _RETIRED):
                     results.append(_R.KEY_NOT_EXIST)
                     continue
                 # An expired lock restarts its count: stale holders are forgotten.
@@ -510,7 +552,9 @@ class L1Manager:
                     count[oid] = left
                     continue
                 self._unlock_all(oid)
-                if f & _TEMPORARY:
+                if f & _RETIRED:
+                    self._release(oid, key)  # its last holder is done; listeners heard of it at removal
+                elif f & _TEMPORARY:
                     freed.append(self._release(oid, key))
             self._emit("on_keys_deleted", freed)
         return results
@@ -520,9 +564,11 @@ class L1Manager:
     def delete(self, keys: Sequence[ObjectKey], force: bool = False, *, evicted: bool = False) -> list[L1Result]:
         """Remove keys; KEY_IS_LOCKED for a live read or write lock unless ``force``.
 
-        A forced delete frees memory that a reader or writer may still be
-        copying; only ``clear-cache`` style administration should use it.
-        ``evicted`` marks the call as an eviction (counted in metrics).
+        A forced delete removes locked keys from view too, but retires their
+        memory until the holders let go (module docstring): administration
+        (``clear-cache``) may use it while copies are in flight. A writer giving
+        up its own reservation uses :meth:`abandon_write`. ``evicted`` marks the
+        call as an eviction (counted in metrics).
         """
         results: list[L1Result] = []
         deleted: list[Any] = []
@@ -531,25 +577,58 @@ class L1Manager:
             now = self._clock()
             for key in keys:
                 oid = self._index.get(key)
-                if oid is None:
+                if oid is None or self._flags[oid] & _RETIRED:
                     results.append(_R.KEY_NOT_EXIST)
                 elif not force and self._locked(oid, now):
                     results.append(_R.KEY_IS_LOCKED)
                 else:
-                    deleted.append(self._release(oid, key))
+                    self._remove(oid, key, now)
+                    deleted.append(key)
                     results.append(_R.SUCCESS)
             self._emit("on_keys_deleted", deleted)
         if evicted and deleted and self._metrics:
             metrics.record_evicted(deleted)
         return results
 
+    def abandon_write(self, keys: Sequence[ObjectKey]) -> list[L1Result]:
+        """Give up write reservations (the writer's copy failed): WRITING keys are freed at once.
+
+        Only the writer may call this (it is the one holder of a WRITING object's lock), so the
+        memory is reused safely even if a forced removal retired the object meanwhile.
+        KEY_NOT_EXIST for absent keys, KEY_IN_WRONG_STATE for keys not being written.
+        """
+        results: list[L1Result] = []
+        dropped: list[Any] = []
+        with self._lock:
+            self._check_open()
+            for key in keys:
+                oid = self._index.get(key)
+                if oid is None:
+                    results.append(_R.KEY_NOT_EXIST)
+                    continue
+                f = self._flags[oid]
+                if not f & _WRITING:
+                    results.append(_R.KEY_IN_WRONG_STATE)
+                    continue
+                self._release(oid, key)
+                if not f & _RETIRED:  # a retired key was reported deleted when it was removed
+                    dropped.append(key)
+                results.append(_R.SUCCESS)
+            self._emit("on_keys_deleted", dropped)
+        return results
+
     def clear(self, force: bool = False) -> int:
-        """Remove every object (``force``) or every unlocked one; returns how many were removed."""
+        """Remove every object (``force``: locked ones are retired, see the module docstring) or every
+        unlocked one; returns how many were removed."""
         with self._lock:
             self._check_open()
             now = self._clock()
-            victims = [(oid, key) for key, oid in self._index.items() if force or not self._locked(oid, now)]
-            deleted = [self._release(oid, key) for oid, key in victims]
+            retired = _RETIRED
+            victims = [(oid, key) for key, oid in self._index.items()
+                       if not self._flags[oid] & retired and (force or not self._locked(oid, now))]
+            for oid, key in victims:
+                self._remove(oid, key, now)
+            deleted = [key for _, key in victims]
             self._emit("on_keys_deleted", deleted)
         return len(deleted)
 
@@ -562,7 +641,8 @@ class L1Manager:
         with self._lock:
             self._check_open()
             for key in keys:
-                if key in self._index:
+                oid = self._index.get(key)
+                if oid is not None and not self._flags[oid] & _RETIRED:
                     results.append(_R.SUCCESS)
                     accessed.append(key)
                 else:
@@ -576,20 +656,21 @@ class L1Manager:
         Lock-free and therefore advisory: ``delete`` re-checks under the mutex.
         """
         oid = self._index.get(key)
-        if oid is None:
+        if oid is None or self._flags[oid] & _RETIRED:
             return False
         exp = self._lock_expiry.get(oid)
         return exp is None or exp <= self._clock()
 
     def contains(self, key: ObjectKey) -> bool:
-        """Whether ``key`` is present (in any state)."""
-        return key in self._index
+        """Whether ``key`` is present (in any state but retired)."""
+        oid = self._index.get(key)
+        return oid is not None and not self._flags[oid] & _RETIRED
 
     def __contains__(self, key: object) -> bool:
-        return key in self._index
+        return self.contains(key)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._index) - len(self._retired)
 
     def get_memory_usage(self) -> tuple[int, int]:
         """``(used, total)`` bytes; used is the aligned size of every present object."""
@@ -615,7 +696,8 @@ class L1Manager:
         return self._alloc
 
     def _prune_locks(self, now: float) -> tuple[int, int]:
-        """Forget dead (expired) locks; returns (write_locked, read_locked) object counts."""
+        """Free retired objects and forget dead (expired) locks; returns (write_locked, read_locked) counts."""
+        self._reclaim(now)
         stale = [oid for oid, exp in self._lock_expiry.items() if exp <= now]
         for oid in stale:
             self._unlock_all(oid)
@@ -631,7 +713,8 @@ class L1Manager:
             used, total = self._alloc.usage()
             status: dict[str, Any] = {
                 "is_healthy": not closed,
-                "total_object_count": len(self._index),
+                "total_object_count": len(self._index) - len(self._retired),
+                "retired_object_count": len(self._retired),
                 "write_locked_count": write_locked,
                 "read_locked_count": read_locked,
                 "temporary_count": self._temporary_count,
@@ -668,6 +751,8 @@ class L1Manager:
                 problems.append("two keys share an object id")
             if ids & set(self._free_ids):
                 problems.append("a live object id is on the free list")
+            if not set(self._retired) <= ids or any(not self._flags[o] & _RETIRED for o in self._retired):
+                problems.append("retired ids out of step with their flags")
             if not set(self._lock_count) <= ids or set(self._lock_count) != set(self._lock_expiry):
                 problems.append("lock state for an id that is not live, or count/expiry out of step")
             for key, oid in self._index.items():
@@ -699,6 +784,7 @@ class L1Manager:
             self._lock_count.clear()
             self._lock_expiry.clear()
             self._salt_bytes.clear()
+            self._retired.clear()
             self._temporary_count = 0
             self._listeners = []
         if self._prefault is not None:

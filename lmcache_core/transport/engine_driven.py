@@ -74,7 +74,7 @@ class EngineDrivenTransfers:
             view.copy_(t.contiguous().view(torch.uint8).reshape(-1))
             written.append(k)
         if failed:
-            self.l1.delete(failed, force=True)
+            self.l1.abandon_write(failed)
         if written:
             self.l1.finish_write(written)
         return ok

@@ -101,7 +101,7 @@ class Transfers:
                 torch.cuda.current_stream(kv.device).synchronize()
             elapsed = time.perf_counter() - started
         except Exception:
-            self.l1.delete(written_keys, force=True)
+            self.l1.abandon_write(written_keys)
             raise
         self.l1.finish_write(written_keys)
         if self.metrics:

@@ -129,7 +129,7 @@ class PrefetchController:
             ok = [k for k in views if k in ok_set]
             bad = [k for k in views if k not in ok_set]
             if bad:
-                self.l1.delete(bad, force=True)
+                self.l1.abandon_write(bad)
             if ok:
                 self.l1.finish_write(ok, from_l2=True)  # came from L2: not offered back to it
             return len(ok)
@@ -219,7 +219,7 @@ class PrefetchController:
         metrics.PREFETCH_LOAD_SUBMITTED.inc(len(keep))
         drop = [k for k in ok_reserve if k not in keep_set]
         if drop:
-            self.l1.delete(drop, force=True)  # our own write reservations: nobody else can hold them
+            self.l1.abandon_write(drop)  # our own write reservations
         if not keep:
             return []
         loaded_ok = self._load_into({k: ok_reserve[k] for k in keep}, source)
@@ -233,7 +233,7 @@ class PrefetchController:
         if handed:
             self.l1.finish_write_and_reserve_read(handed, readers)
         if rest:
-            self.l1.delete(rest, force=True)
+            self.l1.abandon_write(rest)
         return chunks[:good]
 
     def report_status(self) -> dict[str, Any]:

@@ -123,7 +123,8 @@ def _compute(server: CacheServer, instance_id: int, block_ids: list[int], chunk_
 @post("/clear-cache", status_code=200, sync_to_thread=True, guards=[require_admin],
       summary="Force-clear all L1 data")
 def clear_cache(engine: Engine) -> Cleared:
-    """Force-clears L1 (locks bypassed, as the seed documents); the body is ignored."""
+    """Force-clears L1: locked objects too, as the seed documents, but their memory is reused only once the
+    copies holding them finish (docs/reliability.md, "Forced clears"); the body is ignored."""
     assert engine.storage is not None
     engine.storage.l1.clear(force=True)
     return Cleared(status="ok")
