@@ -68,7 +68,9 @@ L1_GB = 0.03
 L2_GB = 0.08
 QUOTA_GB = 0.012  # per salt; three salts together exceed L1: the global backstop must act
 FAULT_KINDS = ("kill_worker", "kill_mid_store", "l2_fail", "l2_stall", "l2_hang", "l2_truncate", "nonreading_client",
-               "server_restart")
+               "clear_cache_burst", "server_restart")
+CLEAR_BURST = 10  # POST /clear-cache this many times, 0.1 s apart: some land while copies are in flight
+TIMELINE_WINDOW_S = 5.0  # a wrong chunk is reported with the harness's actions this long before it
 
 
 # -- workers -------------------------------------------------------------------------------
@@ -171,6 +173,7 @@ class Chaos:
         self.http = Counter[str]()
         self.http_5xx: list[str] = []
         self.faults = Counter[str]()
+        self.timeline: list[tuple[float, str]] = []  # (unix time, what the harness did): faults, clears, restarts
         self.worker_kills = 0
         self.server_restarts = 0
         self.unexpected_server_deaths = 0
@@ -269,6 +272,7 @@ class Chaos:
             elif action == 2:
                 self.delete_some_l2()
             elif action == 7 and k % 50 == 7:
+                self.mark("clear-cache (operator)")
                 self.call("POST", "/clear-cache", {})
 
     def warm_prefetch(self) -> None:
@@ -347,12 +351,17 @@ class Chaos:
             sock.close()
         self.faults["nonreading_client_requests"] += sent
 
+    def mark(self, what: str) -> None:
+        self.timeline.append((round(time.time(), 3), what))
+
     def restart_server(self, kill: bool = True) -> None:
         self.restarting.set()
         try:
             if kill:
                 self.server.kill()
+                self.mark("server killed")
             self.server.start(timeout_s=120)
+            self.mark("server up")
             self.server_restarts += 1
             self.last_restart_t = self.elapsed()
             self.set_quotas()
@@ -368,6 +377,7 @@ class Chaos:
 
     def inject(self, kind: str) -> None:
         self.faults[kind] += 1
+        self.mark(kind)
         if kind == "kill_worker":
             self.kill_worker()
         elif kind == "kill_mid_store":
@@ -387,6 +397,13 @@ class Chaos:
             self.l2_faults({"load": {"truncate_rate": 0.5}}, 3.0)
         elif kind == "nonreading_client":
             self.nonreading_client(2.0)
+        elif kind == "clear_cache_burst":
+            # Forced clears while workers copy: a removed object's memory must not be reused under a
+            # RETRIEVE, a STORE or the L2 write-behind that still holds it (wrong bytes otherwise).
+            for _ in range(CLEAR_BURST):
+                self.call("POST", "/clear-cache", {})
+                if self.stop.wait(0.1):
+                    break
         elif kind == "server_restart":
             # In its own thread: the other faults go on while the server is down and coming back.
             restart = threading.Thread(target=self.restart_server, daemon=True, name="chaos-restart")
@@ -551,9 +568,13 @@ class Chaos:
             rss_growth_ex_l1 = ((rss_100[0] - rss_100[2]) - (rss_25[0] - rss_25[2])) / (rss_25[0] - rss_25[2])
         failures = []
         if stats["wrong_bytes"]:
-            wrong = [ev for w in self.retired for ev in w.events if ev["kind"] == "wrong_chunk"]
-            failures.append(f"{stats['wrong_bytes']} wrong bytes in {stats['wrong_chunks']} chunks; "
-                            f"the first ones (unix time; server.log times the faults): {wrong[:8]}")
+            wrong = sorted((ev for w in self.retired for ev in w.events if ev["kind"] == "wrong_chunk"),
+                           key=lambda ev: ev["at"])
+            shown = [{**ev, "harness_before": [f"{round(ev['at'] - t, 2)} s before: {what}" for t, what in self.timeline
+                                              if 0 <= ev["at"] - t <= TIMELINE_WINDOW_S]} for ev in wrong[:8]]
+            failures.append(f"{stats['wrong_bytes']} wrong bytes in {stats['wrong_chunks']} chunks; the first ones "
+                            f"(unix time, with the harness's actions in the {TIMELINE_WINDOW_S:.0f} s before; "
+                            f"server.log times the server's side): {shown}")
         if stats["chunks_verified"] == 0:
             failures.append("no chunk was ever verified")
         if self.http_5xx:
@@ -600,6 +621,7 @@ class Chaos:
             "worker_server_gone": stats["server_gone"],
             "worker_reconnects": stats["reconnects"],
             "faults_injected": dict(self.faults),
+            "timeline": [f"{t:.3f} {what}" for t, what in self.timeline],
             "worker_kills": self.worker_kills,
             "workers_started": self.next_wid,
             "server_restarts": self.server_restarts,
