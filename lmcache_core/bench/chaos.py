@@ -69,7 +69,7 @@ L2_GB = 0.08
 QUOTA_GB = 0.012  # per salt; three salts together exceed L1: the global backstop must act
 FAULT_KINDS = ("kill_worker", "kill_mid_store", "l2_fail", "l2_stall", "l2_hang", "l2_truncate", "nonreading_client",
                "clear_cache_burst", "server_restart")
-CLEAR_BURST = 10  # POST /clear-cache this many times, 0.1 s apart: some land while copies are in flight
+CLEAR_BURST = 60  # POST /clear-cache this many times, 0.05 s apart: some land while copies are in flight
 TIMELINE_WINDOW_S = 5.0  # a wrong chunk is reported with the harness's actions this long before it
 
 
@@ -398,12 +398,15 @@ class Chaos:
         elif kind == "nonreading_client":
             self.nonreading_client(2.0)
         elif kind == "clear_cache_burst":
-            # Forced clears while workers copy: a removed object's memory must not be reused under a
-            # RETRIEVE, a STORE or the L2 write-behind that still holds it (wrong bytes otherwise).
+            # Forced clears while workers copy and a slow L2 keeps the write-behind holding objects: a
+            # removed object's memory must not be reused under a RETRIEVE, a STORE or the write-behind
+            # that still holds it (wrong bytes otherwise).
+            self.call("POST", "/reconfigure/fault_inject/set", {"faults": {"store": {"latency_ms": 20}}})
             for _ in range(CLEAR_BURST):
                 self.call("POST", "/clear-cache", {})
-                if self.stop.wait(0.1):
+                if self.stop.wait(0.05):
                     break
+            self.call("POST", "/reconfigure/fault_inject/clear", {})
         elif kind == "server_restart":
             # In its own thread: the other faults go on while the server is down and coming back.
             restart = threading.Thread(target=self.restart_server, daemon=True, name="chaos-restart")
