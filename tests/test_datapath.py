@@ -157,6 +157,66 @@ def test_one_op_table_says_what_is_served_and_with_which_failure_value(served):
     assert client.noop() == "OK"
 
 
+def test_lookup_replies_before_its_work_and_the_loop_reads_on_only_after_it(served):
+    """LOOKUP's reply (always None) leaves before its handler runs; the next request, even another
+    client's, is read only once that handler is done, so a QUERY after it finds the result."""
+    import threading
+
+    from lmcache_core.transport.zmq_server import Dispatch, HandlerSpec
+
+    server, client, _ = served
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_lookup(args, identity):
+        entered.set()
+        assert release.wait(20)
+
+    server.zmq.handlers[Op.LOOKUP] = HandlerSpec(slow_lookup, Dispatch.SYNC_AFTER_REPLY, None)
+    assert client.call(Op.LOOKUP, make_key(list(range(512)), "early", model_name=MODEL), 1) is None
+    assert entered.wait(10)  # the reply came while the handler runs (or is about to)
+    other = LMCacheClient(f"tcp://127.0.0.1:{server.mp_config.port}", timeout_s=20)
+    answered = threading.Event()
+    t = threading.Thread(target=lambda: other.noop() == "OK" and answered.set(), daemon=True)
+    try:
+        t.start()
+        assert not answered.wait(0.3)  # the loop is still inside the LOOKUP's work
+        release.set()
+        assert answered.wait(10)
+    finally:
+        release.set()
+        t.join(10)
+        other.close()
+
+
+def test_a_query_pipelined_behind_its_lookup_finds_the_result(served):
+    """The scheduler may send QUERY without waiting for LOOKUP's reply: it still gets the hits."""
+    _, client, kv = served
+    register(client, kv)
+    fill(kv, 3)
+    tokens = list(range(1000, 1512))
+    assert client.store(make_key(tokens, "s", model_name=MODEL, worker_id=0), IID, blocks(0, 2)) == (b"", True)
+    client.end_session("s")
+    key = make_key(tokens, "piped", model_name=MODEL)
+    replies = {}
+    with client._lock:
+        client._sock.send_multipart(wire.encode_request(101, Op.LOOKUP, key, 1))
+        client._sock.send_multipart(wire.encode_request(102, Op.QUERY_PREFETCH_STATUS, "piped"))
+        for _ in range(2):
+            frames = client._recv()
+            replies[wire.reply_uid(frames)] = frames
+    assert wire.decode_reply(Op.LOOKUP, replies[101]) is None
+    assert wire.decode_reply(Op.QUERY_PREFETCH_STATUS, replies[102]) == 2
+    client.end_session("piped")
+
+
+def test_only_an_op_whose_one_reply_is_none_may_reply_before_its_work():
+    spec = wire.OP_SPECS[Op.QUERY_PREFETCH_STATUS]
+    with pytest.raises(ValueError, match="may reply before its work"):
+        wire.OpSpec(spec.op, spec.args_type, spec.params, spec.response_type, spec.pool,
+                    dispatch=wire.Dispatch.SYNC_AFTER_REPLY, failure=spec.failure)
+    assert wire.OP_SPECS[Op.LOOKUP].dispatch is wire.Dispatch.SYNC_AFTER_REPLY
+
+
 def test_unregister_then_store_fails_and_reregister_is_idempotent(served):
     server, client, kv = served
     register(client, kv)

@@ -316,6 +316,11 @@ class Dispatch(enum.Enum):
     """Where this server runs an op's handler (see :mod:`lmcache_core.transport.zmq_server`)."""
 
     SYNC = "sync"  # inline on the socket's loop thread
+    # Inline on the loop thread, after the reply has gone out: for an op whose one reply is its
+    # failure value whatever the handler does (LOOKUP answers None; QUERY carries the result). The
+    # client's turnaround overlaps the handler's work, and the next request, from any client, is
+    # read only when that work is done, so a QUERY still finds the result.
+    SYNC_AFTER_REPLY = "sync-after-reply"
     AFFINITY = "affinity"  # on the lane its client identity is pinned to (transfers stay in order)
     NORMAL = "normal"  # on the CPU pool
 
@@ -362,6 +367,10 @@ class OpSpec:
     dispatch: Dispatch | None = None
     failure: Any = NO_FALLBACK
 
+    def __post_init__(self) -> None:
+        if self.dispatch is Dispatch.SYNC_AFTER_REPLY and not (self.response_type is None and self.failure is None):
+            raise ValueError(f"{self.op.name}: only an op whose one reply is None may reply before its work")
+
     @property
     def arity(self) -> int:
         """Number of payload frames."""
@@ -372,10 +381,12 @@ _BytesBool = tuple[bytes, bool]
 FAILED_TRANSFER = (b"", False)
 """The in-band failure value of STORE and RETRIEVE: no event handle, not done."""
 _S, _A, _N, _NOT_SERVED = Dispatch.SYNC, Dispatch.AFFINITY, Dispatch.NORMAL, None
+_R = Dispatch.SYNC_AFTER_REPLY
 _X = NO_FALLBACK
 # One row per op: op, args, reply type, 0.5.6's pool, our dispatch, our failure value.
-# LOOKUP and its follow-ups run inline (SYNC): on L1 they are tens of microseconds of work, less
-# than a hand-off to a pool and back costs (LOOKUP p50 is a target; long lookups hash off the loop).
+# LOOKUP and its follow-ups run inline: on L1 they are tens of microseconds of work, less than a
+# hand-off to a pool and back costs (LOOKUP p50 is a target; long lookups hash off the loop).
+# LOOKUP's reply is None whatever happens, so it goes out before the work (SYNC_AFTER_REPLY).
 _TABLE: tuple[tuple[Op, type[m.Args], Any, Pool, Dispatch | None, Any], ...] = (
     (Op.REGISTER_KV_CACHE, m.RegisterKVCacheArgs, None, "sync", _S, _X),
     (Op.UNREGISTER_KV_CACHE, m.InstanceArgs, None, "sync", _S, None),
@@ -384,7 +395,7 @@ _TABLE: tuple[tuple[Op, type[m.Args], Any, Pool, Dispatch | None, Any], ...] = (
     (Op.STORE_Q, m.StoreArgs, _BytesBool, "transfer", _NOT_SERVED, _X),
     (Op.STORE, m.StoreArgs, _BytesBool, "transfer", _A, FAILED_TRANSFER),
     (Op.RETRIEVE, m.RetrieveArgs, _BytesBool, "transfer", _A, FAILED_TRANSFER),
-    (Op.LOOKUP, m.KeyTpArgs, None, "blocking", _S, None),
+    (Op.LOOKUP, m.KeyTpArgs, None, "blocking", _R, None),
     (Op.QUERY_PREFETCH_STATUS, m.RequestIdArgs, int | None, "blocking", _S, 0),
     (Op.WAIT_PREFETCH_STATUS, m.WaitPrefetchStatusArgs, int | None, "blocking", _N, 0),
     (Op.FREE_LOOKUP_LOCKS, m.KeyTpArgs, None, "blocking", _S, None),

@@ -2,6 +2,9 @@
 
 * ``SYNC`` handlers (cheap, no I/O: ``noop``, ``get_chunk_size``, registration)
   run on the loop thread.
+* ``SYNC_AFTER_REPLY`` handlers (``lookup``: its reply is None whatever happens)
+  run on the loop thread right after their reply is sent, so the client's
+  turnaround overlaps the work; the loop reads the next request only after it.
 * ``AFFINITY`` handlers (STORE/RETRIEVE and the engine-driven transfer ops) run
   on ``--max-gpu-workers`` single-thread lanes; each client identity is pinned
   to one lane, so one worker's transfers stay in order on one thread.
@@ -216,6 +219,7 @@ class ZmqServer:
         self._wake_url = f"inproc://lmcache-zmq-wake-{id(self)}"
         self._wake_lock = threading.Lock()
         self._wake_send: zmq.Socket | None = None
+        self._sock: zmq.Socket | None = None  # the ROUTER socket, once the loop thread owns it
         self._heartbeat = time.monotonic()
         self.replies_dropped = 0
         self.bound_port: int | None = None
@@ -278,6 +282,7 @@ class ZmqServer:
             wake_recv.close()
             send.close()
             return
+        self._sock = sock
         self._ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -294,15 +299,18 @@ class ZmqServer:
                         except zmq.Again:
                             break
                 if sock in events:
-                    for _ in range(64):  # bounded burst, then flush replies
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
+                    # One request per round: a poll that finds the socket ready again costs less than
+                    # the failed receive (a raised zmq.Again) that would end a burst.
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+                    else:
                         self._handle(frames)
                 self._flush(sock)
         finally:
             self._flush(sock)
+            self._sock = None
             with self._wake_lock:
                 self._wake_send = None
                 send.close()
@@ -393,6 +401,11 @@ class ZmqServer:
             return
         if spec.dispatch is Dispatch.SYNC:
             self._outbox.append([identity, *self._call(spec, request, identity)])
+        elif spec.dispatch is Dispatch.SYNC_AFTER_REPLY:
+            self._outbox.append([identity, *wire.encode_reply(request, spec.failure)])
+            if self._sock is not None:
+                self._flush(self._sock)  # the reply (and any before it) leaves now
+            self._call(spec, request, identity)  # counted and logged as any call; its value is not sent
         elif spec.dispatch is Dispatch.AFFINITY:
             self._affinity.submit(identity, lambda: self._pooled(spec, request, identity))
         else:

@@ -319,6 +319,7 @@ def test_active_sessions_and_prefetch_jobs_follow_the_data_path(live: Live) -> N
     live.worker()
     key = make_key(TOKENS, "req-1", model_name=MODEL)
     live.client.call(Op.LOOKUP, key, 1)  # the scheduler's LOOKUP, result not yet taken
+    assert live.client.noop() == "OK"  # LOOKUP replies before its work; the next request is read after it
     body = live.status()
     assert body["active_sessions"] == 1 and body["active_prefetch_jobs"] == 1
     assert live.client.call(Op.QUERY_PREFETCH_STATUS, "req-1") == 0
