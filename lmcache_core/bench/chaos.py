@@ -44,7 +44,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -322,12 +322,23 @@ class Chaos:
 
     # -- faults ----------------------------------------------------------------------------
 
-    def l2_faults(self, faults: dict[str, Any], hold_s: float) -> None:
+    def l2_faults(self, faults: dict[str, Any], hold_s: float = 0.0,
+                  meanwhile: Callable[[], None] | None = None) -> None:
+        """Switch the L2 faults on, hold them ``hold_s`` (or while ``meanwhile`` runs), switch them off."""
         code, raw = self.call("POST", "/reconfigure/fault_inject/set", {"faults": faults})
         if code != 200 and code != 0:  # 0: the server is restarting (counted as unavailable)
             self.health_failures.append(f"reconfigure set answered {code}: {raw[:200]!r}")
-        self.stop.wait(hold_s)
+        if meanwhile is not None:
+            meanwhile()
+        else:
+            self.stop.wait(hold_s)
         self.call("POST", "/reconfigure/fault_inject/clear", {})
+
+    def clear_burst(self) -> None:
+        for _ in range(CLEAR_BURST):
+            self.call("POST", "/clear-cache", {})
+            if self.stop.wait(0.05):
+                return
 
     def nonreading_client(self, hold_s: float) -> None:
         """A DEALER that sends requests and never reads a reply, then goes away."""
@@ -401,12 +412,7 @@ class Chaos:
             # Forced clears while workers copy and a slow L2 keeps the write-behind holding objects: a
             # removed object's memory must not be reused under a RETRIEVE, a STORE or the write-behind
             # that still holds it (wrong bytes otherwise).
-            self.call("POST", "/reconfigure/fault_inject/set", {"faults": {"store": {"latency_ms": 20}}})
-            for _ in range(CLEAR_BURST):
-                self.call("POST", "/clear-cache", {})
-                if self.stop.wait(0.05):
-                    break
-            self.call("POST", "/reconfigure/fault_inject/clear", {})
+            self.l2_faults({"store": {"latency_ms": 20}}, meanwhile=self.clear_burst)
         elif kind == "server_restart":
             # In its own thread: the other faults go on while the server is down and coming back.
             restart = threading.Thread(target=self.restart_server, daemon=True, name="chaos-restart")
