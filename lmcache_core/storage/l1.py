@@ -191,7 +191,7 @@ class L1Manager:
         self._alloc = SlabAllocator(self._arena.size, align_bytes, **alloc_kw)
         if prefault_ahead_bytes > 0 and self._arena.mapping is not None:
             alloc = self._alloc
-            self._prefault = Prefaulter(self._arena.mapping, self._arena.size, lambda: alloc.high_water,
+            self._prefault = Prefaulter(self._arena.base_ptr, self._arena.size, lambda: alloc.high_water,
                                         prefault_ahead_bytes)
             self._prefault.start()
         self.align_bytes = align_bytes
