@@ -25,6 +25,7 @@ from lmcache_core.options import default_options
 from lmcache_core.plugins import PluginHost, Registry
 from lmcache_core.sessions import SessionManager
 from lmcache_core.storage.manager import StorageManager, parse_l2_configs
+from lmcache_core.transfer.threads import fit_intraop_threads
 from lmcache_core.transport.handlers import DataPath
 from lmcache_core.transport.zmq_server import ZmqServer
 
@@ -174,8 +175,10 @@ class CacheServer:
                                 level=ThreadLevel.MEDIUM)
         limits = self.datapath.limits
         url = limits.zmq_endpoint or f"tcp://{mp.host}:{mp.port}"
+        lanes = mp.max_gpu_workers or mp.max_workers
+        fit_intraop_threads(lanes)  # N lanes copying at once share the cores instead of oversubscribing them
         self.zmq = ZmqServer(url, self.datapath.handler_specs(), ipc_mode=limits.ipc_mode(),
-                             gpu_workers=mp.max_gpu_workers or mp.max_workers,
+                             gpu_workers=lanes,
                              cpu_workers=mp.max_cpu_workers or mp.max_workers,
                              max_message_bytes=limits.zmq_max_message_bytes)
         self.zmq.start()
