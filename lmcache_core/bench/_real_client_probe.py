@@ -93,38 +93,79 @@ def _background(url: str, iid: int, layers: int, stop: Any, counter: Any) -> Non
         client.close()
 
 
-def _transfer_worker(url: str, iid: int, layers: int, chunks: int, rounds: int, barrier: Any, out: Any) -> None:
-    """One of N concurrent workers: STORE then RETRIEVE ``chunks`` chunks, ``rounds`` times, after a barrier."""
+# N workers at once (tensor parallelism), beside N raw copies at once. Both groups of processes
+# live through the whole measurement and take turns, synchronised by one barrier of 2N+1
+# parties: in each episode the raw group copies, then the transfer group stores and retrieves,
+# so every ratio compares two adjacent slices of time; the reported ratio is the median over
+# the episodes. Every process passes the same barriers; one waiting for its turn blocks.
+_BARRIERS_PER_EPISODE = 4  # raw starts, transfer starts, transfer ended, L1 cleared
+
+
+def _transfer_worker(url: str, iid: int, first: bool, layers: int, chunks: int, rounds: int, episodes: int,
+                     barrier: Any, out: Any) -> None:
+    """One of N concurrent workers: per episode, on its turn, STORE then RETRIEVE ``chunks`` chunks ``rounds`` times."""
     client, ctx, kv = _worker(url, iid, layers, 2 * chunks * 16, True)
-    store_s = retrieve_s = 0.0
     ok = True
-    try:
-        barrier.wait(timeout=300)
-        for r in range(rounds):
-            tokens = [(iid % 1000) * 1_000_000 + r * 10_000 + i for i in range(chunks * 256)]  # token ids are uint32
-            rid = f"w{iid}-{r}"
-            k = _key(tokens, rid, 0)
-            t0 = time.perf_counter()
-            ok &= bool(ctx.submit_store(rid, k, kv, [list(range(chunks * 16))], ctx.create_recorded_event(), 16
-                                        ).result(TIMEOUT))
-            store_s += time.perf_counter() - t0
+    times: list[tuple[float, float]] = []
+
+    def one_round(r: int) -> tuple[float, float]:
+        nonlocal ok
+        tokens = [(iid % 1000) * 1_000_000 + r * 10_000 + i for i in range(chunks * 256)]  # token ids are uint32
+        rid = f"w{iid}-{r}"
+        k = _key(tokens, rid, 0)
+        t0 = time.perf_counter()
+        ok &= bool(ctx.submit_store(rid, k, kv, [list(range(chunks * 16))], ctx.create_recorded_event(), 16
+                                    ).result(TIMEOUT))
+        t_store = time.perf_counter() - t0
+        # LMCache finishes a store's copy after replying: retrieve once the whole prefix hits (untimed).
+        deadline = time.monotonic() + 30
+        while True:
             client.lookup(_key(tokens, rid, None), 1).result(TIMEOUT)
-            while client.query_prefetch_status(rid).result(TIMEOUT) is None:
+            while (hits := client.query_prefetch_status(rid).result(TIMEOUT)) is None:
                 pass
-            t0 = time.perf_counter()
-            ok &= bool(ctx.submit_retrieve(rid, k, kv, [list(range(chunks * 16, 2 * chunks * 16))],
-                                           ctx.create_recorded_event(), 16, skip_first_n_tokens=0).result(TIMEOUT))
-            retrieve_s += time.perf_counter() - t0
+            if hits == chunks or time.monotonic() > deadline:
+                break
             client.end_session(rid).result(TIMEOUT)
-        barrier.wait(timeout=600)
+        t0 = time.perf_counter()
+        ok &= bool(ctx.submit_retrieve(rid, k, kv, [list(range(chunks * 16, 2 * chunks * 16))],
+                                       ctx.create_recorded_event(), 16, skip_first_n_tokens=0).result(TIMEOUT))
+        t_retrieve = time.perf_counter() - t0
+        client.end_session(rid).result(TIMEOUT)
+        return t_store, t_retrieve
+
+    try:
+        # Steady state, like the raw baseline (which touches its buffers first): an untimed
+        # warm-up fills L1 memory and the first worker clears it, so timed objects land in
+        # memory the server has used before. Each episode ends with a clear too (untimed).
+        for r in range(rounds):
+            one_round(90 + r)
+        barrier.wait(timeout=300)
+        if first:
+            client.clear(True).result(TIMEOUT)
+        for e in range(episodes):
+            barrier.wait(timeout=300)  # raw group's turn
+            barrier.wait(timeout=600)  # ours
+            store_s = retrieve_s = 0.0
+            for r in range(rounds):
+                st, rt = one_round(100 * (e + 1) + r)
+                store_s += st
+                retrieve_s += rt
+            times.append((store_s, retrieve_s))
+            barrier.wait(timeout=600)
+            if first:
+                client.clear(True).result(TIMEOUT)
+            barrier.wait(timeout=300)
+    except BaseException:
+        barrier.abort()  # the others stop waiting for this one at once
+        raise
     finally:
-        out.put((iid, ok, store_s, retrieve_s))
+        out.put(("transfer", iid, ok, times))
         ctx.close()
         client.close()
 
 
-def _raw_worker(layers: int, chunks: int, rounds: int, barrier: Any, out: Any) -> None:
-    """The baseline for one worker: the same bytes gathered to and scattered from contiguous memory by torch."""
+def _raw_worker(wid: int, layers: int, chunks: int, rounds: int, episodes: int, barrier: Any, out: Any) -> None:
+    """One worker's baseline: the same bytes gathered to and scattered from contiguous memory by torch."""
     import torch
 
     torch.set_num_threads(1)
@@ -134,48 +175,69 @@ def _raw_worker(layers: int, chunks: int, rounds: int, barrier: Any, out: Any) -
     bufs = [torch.empty(2, chunks * 16, 16, 8, 128, dtype=torch.float16) for _ in range(layers)]
     for t, b in zip(kv, bufs):  # touch everything once
         torch.index_select(t, 1, src, out=b)
-    barrier.wait(timeout=300)
-    gather_s = scatter_s = 0.0
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for t, b in zip(kv, bufs):
-            torch.index_select(t, 1, src, out=b)
-        gather_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for t, b in zip(kv, bufs):
-            t.index_copy_(1, dst, b)
-        scatter_s += time.perf_counter() - t0
-    barrier.wait(timeout=600)
-    out.put((0, True, gather_s, scatter_s))
+    times: list[tuple[float, float]] = []
+    try:
+        barrier.wait(timeout=300)  # warmed up
+        for _ in range(episodes):
+            barrier.wait(timeout=300)
+            gather_s = scatter_s = 0.0
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                for t, b in zip(kv, bufs):
+                    torch.index_select(t, 1, src, out=b)
+                gather_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                for t, b in zip(kv, bufs):
+                    t.index_copy_(1, dst, b)
+                scatter_s += time.perf_counter() - t0
+            times.append((gather_s, scatter_s))
+            barrier.wait(timeout=600)  # the transfer group's turn
+            barrier.wait(timeout=600)
+            barrier.wait(timeout=300)
+    except BaseException:
+        barrier.abort()
+        raise
+    finally:
+        out.put(("raw", wid, True, times))
 
 
-def scaling(url: str, n: int, layers: int, chunks: int, rounds: int) -> dict[str, Any]:
-    """N workers at once through the real client, beside N raw copies at once; and LOOKUP p50 meanwhile."""
+def scaling(url: str, n: int, layers: int, chunks: int, rounds: int, episodes: int = 5) -> dict[str, Any]:
+    """N workers at once through the real client, beside N raw copies at once, taking turns (see above)."""
     spawn = mp.get_context("spawn")
-    nbytes = n * rounds * chunks * 2 * layers * 256 * 8 * 128 * 2  # per direction, all workers
-
-    def phase(target: Any, args_for: Any) -> tuple[float, float, bool]:
-        barrier, out = spawn.Barrier(n + 1), spawn.Queue()
-        procs = [spawn.Process(target=target, args=(*args_for(i), barrier, out)) for i in range(n)]
-        for p in procs:
-            p.start()
-        barrier.wait(timeout=300)
-        t0 = time.perf_counter()
-        barrier.wait(timeout=600)
-        wall = time.perf_counter() - t0
-        results = [out.get(timeout=60) for _ in range(n)]
+    nbytes = n * rounds * chunks * 2 * layers * 256 * 8 * 128 * 2  # per direction, per episode, all workers
+    barrier, out = spawn.Barrier(2 * n + 1), spawn.Queue()
+    procs = [spawn.Process(target=_raw_worker, args=(i, layers, chunks, rounds, episodes, barrier, out))
+             for i in range(n)]
+    procs += [spawn.Process(target=_transfer_worker, args=(url, 2000 + i, i == 0, layers, chunks, rounds, episodes,
+                                                           barrier, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        for _ in range(1 + episodes * _BARRIERS_PER_EPISODE):
+            barrier.wait(timeout=900)
+        results = [out.get(timeout=120) for _ in range(2 * n)]
+    finally:
         for p in procs:
             p.join(timeout=60)
-        ok = all(r[1] for r in results)
-        # aggregate GB/s of each direction: bytes over the slowest worker's time in it
-        return nbytes / max(r[2] for r in results) / 1e9, nbytes / max(r[3] for r in results) / 1e9, ok and wall > 0
+            if p.is_alive():
+                p.kill()
+    raw = [r[3] for r in results if r[0] == "raw"]
+    ours = [r[3] for r in results if r[0] == "transfer"]
+    ok = all(r[2] for r in results) and all(len(t) == episodes for t in raw + ours)
 
-    raw_gather, raw_scatter, _ = phase(_raw_worker, lambda i: (layers, chunks, rounds))
-    store, retrieve, ok = phase(_transfer_worker, lambda i: (url, 2000 + i, layers, chunks, rounds))
-    return {"workers": n, "ok": ok, "aggregate_store_gbps": round(store, 3),
-            "aggregate_retrieve_gbps": round(retrieve, 3), "raw_parallel_gather_gbps": round(raw_gather, 3),
-            "raw_parallel_scatter_gbps": round(raw_scatter, 3),
-            "store_ratio_to_raw": round(store / raw_gather, 3), "retrieve_ratio_to_raw": round(retrieve / raw_scatter, 3)}
+    def gbps(group: list[list[tuple[float, float]]], e: int, d: int) -> float:
+        # aggregate GB/s of one direction in one episode: bytes over the slowest worker's time in it
+        return nbytes / max(w[e][d] for w in group) / 1e9
+
+    per = [(gbps(ours, e, 0), gbps(ours, e, 1), gbps(raw, e, 0), gbps(raw, e, 1)) for e in range(episodes)]
+    med = [statistics.median(p[i] for p in per) for i in range(4)]
+    return {"workers": n, "ok": ok, "episodes": episodes, "rounds_per_episode": rounds,
+            "aggregate_store_gbps": round(med[0], 3), "aggregate_retrieve_gbps": round(med[1], 3),
+            "raw_parallel_gather_gbps": round(med[2], 3), "raw_parallel_scatter_gbps": round(med[3], 3),
+            "store_ratio_to_raw": round(statistics.median(p[0] / p[2] for p in per), 3),
+            "retrieve_ratio_to_raw": round(statistics.median(p[1] / p[3] for p in per), 3),
+            "store_ratio_per_episode": [round(p[0] / p[2], 3) for p in per],
+            "retrieve_ratio_per_episode": [round(p[1] / p[3], 3) for p in per]}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -183,9 +245,11 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def _summary(ns: list[int]) -> dict[str, float]:
-    us = [v / 1000 for v in ns]
-    return {"p50_us": round(statistics.median(us), 1), "p99_us": round(_pct(us, 0.99), 1), "n": len(us)}
+def _summary(ns: list[int]) -> dict[str, Any]:
+    """p50/p99 in µs, and every sample (µs, rounded to 0.1) so several runs' tails can be pooled."""
+    us = [round(v / 1000, 1) for v in ns]
+    return {"p50_us": round(statistics.median(us), 1), "p99_us": round(_pct(us, 0.99), 1), "n": len(us),
+            "samples_us": us}
 
 
 def main() -> int:
@@ -197,9 +261,10 @@ def main() -> int:
     ap.add_argument("--scaling", type=int, default=0, help="instead: N workers transferring at once")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--episodes", type=int, default=5)
     args = ap.parse_args()
     if args.scaling:
-        print(json.dumps(scaling(args.url, args.scaling, args.layers, args.chunks, args.rounds)))
+        print(json.dumps(scaling(args.url, args.scaling, args.layers, args.chunks, args.rounds, args.episodes)))
         return 0
 
     client, ctx, kv = _worker(args.url, 777, args.layers, PREFIX // 16, True)
