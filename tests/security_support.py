@@ -51,8 +51,10 @@ def run_as_nobody(port: int | str, steps: list[dict[str, Any]], timeout_s: float
     (or the Unix socket at ``port`` when it is a path)."""
     target = {"unix": port} if isinstance(port, str) else {"host": "127.0.0.1", "port": port}
     doc = json.dumps({**target, "steps": steps})
-    out = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(ATTACKER)], input=doc,
-                         capture_output=True, text=True, timeout=timeout_s, check=True)
+    # The script's source goes on the command line and the child starts in "/": nobody may not be
+    # able to read a checkout under a private directory (a clone in a 0700 mktemp dir).
+    out = subprocess.run(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", ATTACKER.read_text()],
+                         input=doc, capture_output=True, text=True, timeout=timeout_s, check=True, cwd="/")
     return json.loads(out.stdout)
 
 
