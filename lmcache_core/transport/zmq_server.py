@@ -219,7 +219,6 @@ class ZmqServer:
         self._wake_url = f"inproc://lmcache-zmq-wake-{id(self)}"
         self._wake_lock = threading.Lock()
         self._wake_send: zmq.Socket | None = None
-        self._sock: zmq.Socket | None = None  # the ROUTER socket, once the loop thread owns it
         self._heartbeat = time.monotonic()
         self.replies_dropped = 0
         self.bound_port: int | None = None
@@ -282,7 +281,6 @@ class ZmqServer:
             wake_recv.close()
             send.close()
             return
-        self._sock = sock
         self._ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -306,11 +304,10 @@ class ZmqServer:
                     except zmq.Again:
                         pass
                     else:
-                        self._handle(frames)
+                        self._handle(sock, frames)
                 self._flush(sock)
         finally:
             self._flush(sock)
-            self._sock = None
             with self._wake_lock:
                 self._wake_send = None
                 send.close()
@@ -374,7 +371,7 @@ class ZmqServer:
 
     # -- dispatch ------------------------------------------------------------
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
         identity, rest = frames[0], frames[1:]
         if rest and len(rest[0]) > MAX_UID_FRAME_BYTES:
             ZMQ_REQUESTS.labels("unknown", "malformed").inc()
@@ -403,8 +400,7 @@ class ZmqServer:
             self._outbox.append([identity, *self._call(spec, request, identity)])
         elif spec.dispatch is Dispatch.SYNC_AFTER_REPLY:
             self._outbox.append([identity, *wire.encode_reply(request, spec.failure)])
-            if self._sock is not None:
-                self._flush(self._sock)  # the reply (and any before it) leaves now
+            self._flush(sock)  # the reply (and any before it) leaves now
             self._call(spec, request, identity)  # counted and logged as any call; its value is not sent
         elif spec.dispatch is Dispatch.AFFINITY:
             self._affinity.submit(identity, lambda: self._pooled(spec, request, identity))
