@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from lmcache_core.bench.peer import PEER_VENV, peer_env, peer_lmcache, peer_server_cmd
+from lmcache_core.bench.transfer import timed
 from lmcache_core.client import LMCacheClient, make_key
 from lmcache_core.testing import free_port, server_process
 from lmcache_core.transfer.client_kv import WorkerKVCache
@@ -90,27 +91,18 @@ class RawCopy:
                     layer[kv_i].index_put_(index, buf[kv_i])
 
         def best(fns: tuple) -> tuple[Any, float]:
-            timed = []
-            for fn in fns:
-                for _ in range(repeats):
-                    timed.append((_seconds(fn), fn))
-            t, fn = min(timed, key=lambda x: x[0])
+            runs = [(timed(fn), fn) for fn in fns for _ in range(repeats)]
+            t, fn = min(runs, key=lambda x: x[0])
             return fn, self.nbytes / t / 1e9
 
         self._gather, self.gather_gbps = best((per_layer_gather, per_plane_gather))
         self._scatter, self.scatter_gbps = best((per_layer_scatter, per_plane_scatter, per_plane_put))
 
     def gather(self) -> float:
-        return _seconds(self._gather)
+        return timed(self._gather)
 
     def scatter(self) -> float:
-        return _seconds(self._scatter)
-
-
-def _seconds(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+        return timed(self._scatter)
 
 
 def obj_gib(kv: WorkerKVCache) -> float:

@@ -104,7 +104,8 @@ class _Setup:
         self.segments = []
 
 
-def _timed(fn: Callable[[], None]) -> float:
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds one call of ``fn`` takes."""
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -161,9 +162,9 @@ def _measure(candidate: Callable[[], None], baselines: dict[str, Callable[[], No
     for rep in range(repeats):
         for name, fn in baselines.items():
             if rep % 2:
-                c, b = _timed(candidate), _timed(fn)
+                c, b = timed(candidate), timed(fn)
             else:
-                b, c = _timed(fn), _timed(candidate)
+                b, c = timed(fn), timed(candidate)
             cand_t.append(c)
             base_t[name].append(b)
             pairs[name].append(b / c)
