@@ -110,12 +110,11 @@ def test_a_populate_step_lets_other_python_threads_run():
     # mmap.madvise holds the GIL for the whole call (a 64 MiB step froze the ZMQ loop for
     # ~24 ms); the pre-faulter's call through ctypes must not. While one step populates,
     # this thread keeps stamping the clock: no gap between stamps may span most of the step.
+    from lmcache_core.storage.arena import Arena
     from lmcache_core.storage.prefault import STEP_BYTES, Prefaulter
 
-    mm = mmap.mmap(-1, STEP_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    c = ctypes.c_char.from_buffer(mm)
-    base = ctypes.addressof(c)
-    del c
+    arena = Arena(STEP_BYTES, pin=False)
+    base = arena.base_ptr
     pf = Prefaulter(base, STEP_BYTES, lambda: 0, STEP_BYTES)
     window: list[float] = []
 
@@ -139,4 +138,4 @@ def test_a_populate_step_lets_other_python_threads_run():
         longest_gap = max(b - a for a, b in zip(inside, inside[1:]))
         assert longest_gap < 0.5 * (end - start), (longest_gap, end - start, len(inside))
     finally:
-        mm.close()
+        arena.close()
